@@ -1,0 +1,68 @@
+"""Command line shared by the flows: parse args, validate params before Prefect starts,
+run the flow, and end with where the results are and how to look at them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tasks import tracking
+from tasks.params import ParamsError, available_profiles, check_sections, load_params, parse_section
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KNOWN_SECTIONS = {"runtime", "tracking", "text"}
+
+
+def run_cli(flow_function: Callable[..., Any], validate: Callable[[dict], None]) -> int:
+    parser = argparse.ArgumentParser(description=flow_function.__doc__.splitlines()[0])
+    parser.add_argument("--profile", help=f"params overlay from profiles/ ({', '.join(available_profiles(REPO_ROOT))})")
+    parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repo root (default: this checkout)")
+    args = parser.parse_args()
+    root = args.root.resolve()
+    try:  # bad params fail here, in a second, not after Prefect's server has started
+        params = load_params(root, args.profile)
+        check_sections(params, KNOWN_SECTIONS)
+        validate(params)
+        settings = parse_section(params, "tracking", tracking.TrackingParams)
+        tracking_uri = tracking.resolve_tracking_uri(settings.uri, root)
+    except (ParamsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
+    try:
+        flow_function(profile=args.profile, root=root)
+    except Exception as error:  # the flow's log already holds the details; end with one line
+        print(f"\nerror: {error}", file=sys.stderr)
+        return 1
+    print(next_steps(root, tracking_uri))
+    return 0
+
+
+def next_steps(root: Path, tracking_uri: str) -> str:
+    bin_dir = Path(sys.executable).parent
+    prefect_api = os.environ.get("PREFECT_API_URL")
+    prefect_line = (
+        f"  Prefect UI:  {prefect_api.removesuffix('/api')}"
+        if prefect_api
+        else f"  Prefect UI:  {bin_dir / 'prefect'} server start   # then open http://127.0.0.1:4200"
+    )
+    mlflow_line = (
+        f"  MLflow UI:   {bin_dir / 'mlflow'} ui --backend-store-uri {tracking_uri}   # then open http://127.0.0.1:5000"
+        if tracking_uri.startswith("sqlite:")
+        else f"  MLflow UI:   {tracking_uri}"
+    )
+    return "\n".join(
+        [
+            "",
+            "Done. Results:",
+            f"  outputs:     {root / 'outputs'}   models: {root / 'models'}",
+            f"  MLflow:      {tracking_uri}",
+            mlflow_line,
+            prefect_line,
+            "  DVC:         dvc metrics show; dvc plots show; dvc exp run -S text.sample.temperatures='[0.3,0.8]'",
+        ]
+    )

@@ -1,0 +1,125 @@
+"""Text generation flow: download -> prepare -> train -> sample, as dvc.yaml defines them,
+tracked in MLflow as one parent run with one child run per sampling temperature.
+
+    python -m flows.text [--profile quick]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import flow, get_run_logger, runtime, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows.cli import REPO_ROOT, run_cli
+from tasks import text, tracking
+from tasks.params import applied_profile, parse_section
+from tasks.pipeline import load_stages, run_stage
+from tasks.runtime import RuntimeParams
+
+log_training = task(text.log_training, name="log-training")
+log_samples = task(text.log_samples, name="log-samples")
+
+
+def validate(params: dict[str, Any]) -> None:
+    """Fail before anything runs if the sections this flow reads are invalid."""
+    parse_section(params, "text", text.TextParams)
+    parse_section(params, "runtime", RuntimeParams)
+    parse_section(params, "tracking", tracking.TrackingParams)
+
+
+@flow(name="text-generation")
+def text_generation(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, Any]:
+    """Run the text-generation stages through DVC and log their outputs to MLflow.
+
+    Args:
+        profile: name of a params overlay in profiles/ (e.g. "quick"); None = params.yaml as is.
+        root: repo root holding params.yaml and dvc.yaml.
+
+    Returns:
+        The MLflow run ids and the training and sampling results.
+    """
+    logger = get_run_logger()
+    root = Path(root).resolve()
+    paths = text.TextPaths().under(root)
+    with applied_profile(root, profile) as params:
+        validate(params)
+        settings = parse_section(params, "tracking", tracking.TrackingParams)
+        tracking_uri = tracking.resolve_tracking_uri(settings.uri, root)
+        experiment_id = tracking.setup_experiment(
+            tracking_uri, tracking.experiment_name(settings.experiment_prefix, text.TECHNIQUE)
+        )
+        stages = load_stages(root, prefix=f"{text.TECHNIQUE}_")
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=f"text {runtime.flow_run.name or ''}".strip(),
+            tags={
+                "technique": text.TECHNIQUE,
+                "profile": profile or "default",
+                "prefect.flow_run_id": str(runtime.flow_run.id or ""),
+                **tracking.git_tags(root),
+            },
+        ) as parent:
+            run_id = parent.info.run_id
+            logger.info("MLflow run %s in experiment %s (%s)", run_id, experiment_id, tracking_uri)
+            tracking.log_params(run_id, {"text": params["text"], "runtime": params["runtime"]})
+            stages_run, child_run_ids, train_metrics = [], [], {}
+            for stage in stages:
+                run = run_stage.with_options(
+                    name=f"dvc:{stage.name}", retries=stage.retries, retry_delay_seconds=3
+                )
+                if run(stage.name, root):
+                    stages_run.append(stage.name)
+                if stage.name == "text_train":
+                    train_metrics = log_training(run_id, paths)
+                elif stage.name == "text_sample":
+                    child_run_ids = log_samples(run_id, experiment_id, paths)
+            tracking.set_tags(
+                run_id,
+                {
+                    "dvc.stages_run": ",".join(stages_run) or "none (all up to date)",
+                    **tracking.dvc_lock_tags(root, [stage.name for stage in stages]),
+                },
+            )
+    summary = summarize(paths, train_metrics, run_id, tracking_uri)
+    logger.info(summary)
+    create_markdown_artifact(summary, key="text-generation-summary", description="Text generation results")
+    return {
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "child_run_ids": child_run_ids,
+        "stages_run": stages_run,
+        "train_metrics": train_metrics,
+        "tracking_uri": tracking_uri,
+    }
+
+
+def summarize(paths: text.TextPaths, train_metrics: dict[str, Any], run_id: str, tracking_uri: str) -> str:
+    import json
+
+    samples = json.loads((paths.samples / "samples.json").read_text(encoding="utf-8"))
+    best = train_metrics.get("best_val_loss", train_metrics.get("best_loss"))
+    lines = [
+        "## Text generation",
+        f"- MLflow run `{run_id}` ({tracking_uri})",
+        f"- model: `{paths.model}`; samples: `{paths.samples}`; metrics: `{paths.train_metrics}`, "
+        f"`{paths.sample_metrics}`",
+        f"- best validation loss {best:.4f} nats "
+        f"({best / 0.6931471805599453:.3f} bits/char) at epoch {train_metrics.get('best_epoch')}"
+        + (" (training diverged: stopped at the last good epoch)" if train_metrics.get("diverged") else ""),
+        "",
+        f"Seed: `{samples[0]['seed']!r}`" if samples else "",
+    ]
+    for result in samples:
+        snippet = result["text"][:160].replace("\n", " ")
+        lines.append(
+            f"- T={result['temperature']:g} (entropy {result['metrics']['entropy_bits']:.2f} bits, "
+            f"corpus words {result['metrics']['corpus_word_share']:.0%}): {snippet!r}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(text_generation, validate))

@@ -1,0 +1,168 @@
+"""Reading params.yaml (plus an optional profile overlay) into validated, typed sections.
+
+Each technique declares its own pydantic models next to the code that uses them; this module
+only reads YAML, merges profiles and turns validation failures into one readable error that
+names the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydantic
+import yaml
+
+PARAMS_FILE = "params.yaml"
+PROFILES_DIR = "profiles"
+
+Section = TypeVar("Section", bound=pydantic.BaseModel)
+
+
+class ParamsError(ValueError):
+    """A params file or profile is missing, malformed, or holds an unknown or ill-typed key."""
+
+
+class Params(pydantic.BaseModel):
+    """Base for params sections: frozen, strictly typed, unknown keys rejected."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a clear error for a missing or malformed file."""
+    if not path.is_file():
+        raise ParamsError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def profile_path(root: Path, profile: str) -> Path:
+    return root / PROFILES_DIR / f"{profile}.yaml"
+
+
+def available_profiles(root: Path) -> list[str]:
+    return sorted(path.stem for path in (root / PROFILES_DIR).glob("*.yaml"))
+
+
+def overlay(base: Mapping[str, Any], patch: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """Deep-merge `patch` into a copy of `base`; every patched key must already exist in `base`."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in patch.items():
+        dotted = f"{where}.{key}" if where else key
+        if key not in merged:
+            raise ParamsError(f"profile sets unknown key {dotted}{_did_you_mean(key, merged)}")
+        if isinstance(value, Mapping) and isinstance(merged[key], Mapping):
+            merged[key] = overlay(merged[key], value, dotted)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_params(root: Path, profile: str | None = None) -> dict[str, Any]:
+    """params.yaml, with `profiles/<profile>.yaml` merged over it when a profile is given."""
+    params = read_yaml(root / PARAMS_FILE)
+    if not profile:
+        return params
+    path = profile_path(root, profile)
+    if not path.is_file():
+        raise ParamsError(
+            f"unknown profile {profile!r}: {path} not found "
+            f"(available: {', '.join(available_profiles(root)) or 'none'})"
+        )
+    try:
+        return overlay(params, read_yaml(path))
+    except ParamsError as error:
+        raise ParamsError(f"{path}: {error}") from None
+
+
+def parse_section(params: Mapping[str, Any], name: str, model: type[Section]) -> Section:
+    """Validate `params[name]` into `model`, raising ParamsError that names the bad key."""
+    if name not in params:
+        raise ParamsError(f"{PARAMS_FILE}: missing section {name!r}")
+    try:
+        return model.model_validate(params[name])
+    except pydantic.ValidationError as error:
+        raise ParamsError(_describe(error, name, model)) from None
+
+
+def check_sections(params: Mapping[str, Any], known: set[str]) -> None:
+    """Reject top-level sections that no technique reads (typos would otherwise be ignored)."""
+    for name in params:
+        if name not in known:
+            raise ParamsError(
+                f"{PARAMS_FILE}: unknown section {name!r}{_did_you_mean(name, known)}"
+            )
+
+
+@contextmanager
+def applied_profile(root: Path, profile: str | None) -> Iterator[dict[str, Any]]:
+    """Write the profile-merged params into params.yaml for the duration, then restore the file.
+
+    DVC stages read params.yaml, so the overlay has to be on disk for dvc.lock to record what
+    ran; the original bytes come back afterwards, even on failure or Ctrl-C.
+    """
+    params = load_params(root, profile)
+    params_path = root / PARAMS_FILE
+    if not profile:
+        yield params
+        return
+    original = params_path.read_bytes()
+    _write_atomically(params_path, yaml.safe_dump(params, sort_keys=False).encode())
+    try:
+        yield params
+    finally:
+        _write_atomically(params_path, original)
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(content)
+    os.replace(temporary, path)
+
+
+def _describe(error: pydantic.ValidationError, section: str, model: type[pydantic.BaseModel]) -> str:
+    lines = []
+    for problem in error.errors():
+        location = ".".join(str(part) for part in (section, *problem["loc"]))
+        if problem["type"] == "extra_forbidden":
+            parent = _model_at(model, problem["loc"][:-1])
+            key = str(problem["loc"][-1])
+            valid = list(parent.model_fields) if parent else []
+            lines.append(
+                f"unknown key {location}{_did_you_mean(key, valid)}"
+                + (f" (valid keys: {', '.join(valid)})" if valid else "")
+            )
+        elif problem["type"] == "missing":
+            lines.append(f"missing key {location}")
+        else:
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"{location}: {message}, got {problem['input']!r}")
+    return f"{PARAMS_FILE}: " + "; ".join(lines)
+
+
+def _model_at(model: type[pydantic.BaseModel], loc: tuple) -> type[pydantic.BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _did_you_mean(key: str, candidates) -> str:
+    close = difflib.get_close_matches(key, list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

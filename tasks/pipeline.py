@@ -1,0 +1,97 @@
+"""The DVC pipeline as the flows see it: stages read from dvc.yaml, each run through DVC.
+
+dvc.yaml is the only definition of the steps; a flow asks DVC for the stages of its technique
+in dependency order and runs each with `dvc repro --single-item`, so DVC skips what is up to
+date and dvc.lock records what ran, exactly as with a plain `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from prefect import get_run_logger, task
+
+
+class StageFailed(RuntimeError):
+    """A DVC stage exited with an error; the message carries the stage's own error line."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    cmd: str
+    retries: int  # Prefect retries, from the stage's `meta.retries` in dvc.yaml
+
+
+def load_stages(root: Path, prefix: str) -> list[Stage]:
+    """The stages whose name starts with `prefix`, in the order DVC would run them."""
+    import networkx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        ordered = list(reversed(list(networkx.topological_sort(graph))))
+    return [
+        Stage(stage.name, stage.cmd, int((stage.meta or {}).get("retries", 0)))
+        for stage in ordered
+        if getattr(stage, "name", "").startswith(prefix)
+    ]
+
+
+def stage_lock(root: Path, name: str) -> dict:
+    lock_path = root / "dvc.lock"
+    if not lock_path.is_file():
+        return {}
+    return (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {}).get(name, {})
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for stage commands: `python` must be this interpreter (the venv's)."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    return env
+
+
+@task(name="dvc-stage")
+def run_stage(name: str, root: Path) -> bool:
+    """Run one DVC stage, streaming its output into the flow's log; True if it ran.
+
+    On failure the stage's previous outputs are checked out again from the DVC cache (DVC
+    deletes them before running the command), so a bad input loses nothing.
+    """
+    logger = get_run_logger()
+    before = stage_lock(root, name)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "--quiet", "--single-item", name],
+        cwd=root,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
+    lines = []
+    for line in process.stdout:
+        line = line.rstrip()
+        if line:
+            logger.info("%s | %s", name, line)
+            lines.append(line)
+    if process.wait() != 0:
+        if before:
+            subprocess.run(
+                [sys.executable, "-m", "dvc", "checkout", "--force", name],
+                cwd=root, env=subprocess_env(), capture_output=True, check=False,
+            )
+        errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+        reason = errors[-1] if errors else "\n".join(lines[-5:])
+        raise StageFailed(f"stage {name} failed: {reason}")
+    ran = stage_lock(root, name) != before
+    logger.info("%s: %s", name, "ran, dvc.lock updated" if ran else "up to date, skipped by DVC")
+    return ran

@@ -1,0 +1,61 @@
+"""Device setup shared by every technique: seeds, GPU memory growth, mixed precision, XLA and
+the tf.distribute strategy. GPU when present, CPU otherwise, from the same code path."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import keras
+import pydantic
+import tensorflow as tf
+
+from tasks.params import Params
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeParams(Params):
+    seed: int = pydantic.Field(ge=0)
+    mixed_precision: Literal["auto", "on", "off"]
+    jit_compile: bool
+    memory_growth: bool
+    distribute: Literal["auto", "off"]
+
+
+def configure_runtime(
+    seed: int,
+    mixed_precision: str = "off",
+    memory_growth: bool = True,
+    distribute: str = "auto",
+) -> tf.distribute.Strategy:
+    """Seed everything and prepare the devices; returns the strategy to build models under.
+
+    `mixed_precision="auto"` turns float16 compute on only when a GPU is present (on CPU it is
+    slower, not faster); `"on"` forces it, which is how tests exercise it on CPU.
+    `distribute="auto"` mirrors over all GPUs when there are several.
+    """
+    keras.utils.set_random_seed(seed)
+    gpus = tf.config.list_physical_devices("GPU")
+    if memory_growth:
+        for gpu in gpus:
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:  # devices already initialised in this process: keep as is
+                log.debug("memory growth not set on %s: already initialised", gpu.name)
+    use_float16 = mixed_precision == "on" or (mixed_precision == "auto" and bool(gpus))
+    keras.mixed_precision.set_global_policy("mixed_float16" if use_float16 else "float32")
+    strategy = choose_strategy(len(gpus), distribute)
+    log.info(
+        "runtime: %d GPU(s), policy %s, strategy %s",
+        len(gpus),
+        keras.mixed_precision.global_policy().name,
+        type(strategy).__name__,
+    )
+    return strategy
+
+
+def choose_strategy(num_gpus: int, distribute: str = "auto") -> tf.distribute.Strategy:
+    if distribute == "auto" and num_gpus > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()

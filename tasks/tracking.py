@@ -1,0 +1,161 @@
+"""MLflow helpers every technique uses: where runs go, and logging by explicit run id.
+
+Runs are addressed by id rather than through MLflow's thread-local "active run", because
+Prefect may run a task in another thread than the flow that opened the run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pydantic
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+
+from tasks.params import Params
+
+DEFAULT_STORE_DIR = "mlflow"  # under the repo root: mlflow.db and artifacts/
+_BATCH_LIMIT = 100  # MLflow accepts at most 100 params or tags per log_batch call
+
+
+class TrackingParams(Params):
+    uri: str  # "" = sqlite store in <repo>/mlflow/; env MLFLOW_TRACKING_URI wins
+    experiment_prefix: str = pydantic.Field(min_length=1)  # experiments are <prefix>-<technique>
+
+
+def resolve_tracking_uri(configured: str, root: Path) -> str:
+    """The absolute tracking URI to use: env, then params, then the embedded SQLite default.
+
+    Relative SQLite paths are made absolute against the repo root, because DVC may run a
+    stage in another directory and a relative path would silently create a second database.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    if not uri:
+        return f"sqlite:///{(root / DEFAULT_STORE_DIR / 'mlflow.db').resolve()}"
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        return f"sqlite:///{(path if path.is_absolute() else root / path).resolve()}"
+    if "://" not in uri or uri.startswith("file:"):
+        raise ValueError(
+            f"MLflow tracking URI {uri!r} is a file store, which MLflow 3 no longer supports: "
+            "use sqlite:///<absolute path>.db or an http(s):// tracking server"
+        )
+    return uri
+
+
+def experiment_name(prefix: str, technique: str) -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or f"{prefix}-{technique}"
+
+
+def setup_experiment(tracking_uri: str, name: str) -> str:
+    """Point MLflow at `tracking_uri` and return the id of experiment `name`, creating it.
+
+    With a local SQLite store the artifact location is set explicitly beside the database
+    (MLflow would otherwise put artifacts under the current directory).
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if tracking_uri.startswith("sqlite:///"):
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        artifact_location = (database.parent / "artifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifact_location)
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"text": {"train": {"epochs": 3}}} -> {"text.train.epochs": "3"}."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    items = [Param(key, value[:6000]) for key, value in flatten(params).items()]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(items), _BATCH_LIMIT):
+        client.log_batch(run_id, params=items[start : start + _BATCH_LIMIT])
+
+
+def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    items = [RunTag(key, str(value)) for key, value in tags.items()]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(items), _BATCH_LIMIT):
+        client.log_batch(run_id, tags=items[start : start + _BATCH_LIMIT])
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log finite metrics at `step`; NaN/inf are skipped (MLflow would store them as-is)."""
+    log_metric_rows(run_id, [{**metrics}], step_key=None, first_step=step)
+
+
+def log_metric_rows(
+    run_id: str,
+    rows: Iterable[Mapping[str, float]],
+    step_key: str | None = "epoch",
+    first_step: int = 0,
+) -> None:
+    """Log one row per step (for example one per epoch); the step is `row[step_key]`."""
+    timestamp = int(time.time() * 1000)
+    metrics = []
+    for index, row in enumerate(rows):
+        step = int(row[step_key]) if step_key else first_step + index
+        for key, value in row.items():
+            if key != step_key and math.isfinite(float(value)):
+                metrics.append(Metric(key, float(value), timestamp, step))
+    client = mlflow.MlflowClient()
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+def log_keras_model(run_id: str, model, name: str = "model", **kwargs) -> str:
+    """Log a Keras model in MLflow's `keras` flavor on run `run_id`; returns its model URI."""
+    import mlflow.keras  # flavor module; imported here to keep module import light
+
+    info = mlflow.models.Model.log(
+        artifact_path=None, name=name, flavor=mlflow.keras, model=model, run_id=run_id, **kwargs
+    )
+    return info.model_uri
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    """Commit and dirty state of the repo, so a run can be traced back to its code."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=False
+        )
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+
+
+def dvc_lock_tags(root: Path, stages: Iterable[str]) -> dict[str, str]:
+    """Content hashes of the named stages' outputs as recorded in dvc.lock ("data.<path>.md5")."""
+    lock_path = root / "dvc.lock"
+    if not lock_path.is_file():
+        return {}
+    lock = yaml.safe_load(lock_path.read_text()) or {}
+    tags = {}
+    for stage in stages:
+        for out in lock.get("stages", {}).get(stage, {}).get("outs", []):
+            tags[f"data.{out['path']}.md5"] = out.get("md5", "")
+    return tags
