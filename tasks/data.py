@@ -8,6 +8,7 @@ import shutil
 import socket
 import tempfile
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import keras
@@ -16,7 +17,11 @@ DOWNLOAD_TIMEOUT_SECONDS = 60
 
 
 class DownloadError(RuntimeError):
-    """A file could not be fetched or failed its checksum."""
+    """A file could not be fetched or failed its checksum; `retryable` if trying again may help."""
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def sha256_of(path: Path) -> str:
@@ -28,24 +33,28 @@ def sha256_of(path: Path) -> str:
 
 
 def fetch(url: str, destination: Path, sha256: str = "") -> Path:
-    """Fetch `url` into `destination`, through the Keras cache (`$KERAS_HOME/datasets`).
+    """Fetch `url` (or copy a local path / file:// URL) into `destination`.
 
-    A cached copy is used when present (and verified when `sha256` is given), so offline
+    Remote files go through the Keras cache (`$KERAS_HOME/datasets`): a cached copy is used when present (and verified when `sha256` is given), so offline
     machines work with a filled cache. The destination is replaced atomically: an interrupted
     fetch never leaves a half-written file behind.
     """
-    filename = Path(urllib.parse.urlsplit(url).path).name
-    if not filename:
-        raise DownloadError(f"cannot tell a file name from the URL {url!r}")
-    cached = _cached_copy(url, filename, sha256)
-    if sha256 and (actual := sha256_of(cached)) != sha256:
-        raise DownloadError(
-            f"{cached} has sha256 {actual}, expected {sha256}: delete it and run again"
-        )
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in ("", "file"):  # a local file is copied as is, not cached
+        source = Path(urllib.request.url2pathname(parts.path))
+        if not source.is_file():
+            raise DownloadError(f"{url}: no such file")
+    else:
+        filename = Path(parts.path).name
+        if not filename:
+            raise DownloadError(f"cannot tell a file name from the URL {url!r}")
+        source = _cached_copy(url, filename, sha256)
+    if sha256 and (actual := sha256_of(source)) != sha256:
+        raise DownloadError(f"{source} has sha256 {actual}, expected {sha256}")
     destination.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=destination.parent, delete=False) as temporary:
-        with open(cached, "rb") as source:
-            shutil.copyfileobj(source, temporary)
+        with open(source, "rb") as file:
+            shutil.copyfileobj(file, temporary)
     os.replace(temporary.name, destination)
     return destination
 
@@ -61,7 +70,8 @@ def _cached_copy(url: str, filename: str, sha256: str) -> Path:
         raise DownloadError(
             f"could not download {url}: {error}. Offline? Put {filename} in the Keras cache "
             f"({cache}/{filename}): set KERAS_HOME to a filled Keras cache, for example "
-            f'export KERAS_HOME="$(mktemp -d)" && cp -r ../shared/keras-home/. "$KERAS_HOME"'
+            f'export KERAS_HOME="$(mktemp -d)" && cp -r ../shared/keras-home/. "$KERAS_HOME"',
+            retryable=True,
         ) from None
     finally:
         socket.setdefaulttimeout(previous_timeout)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import io
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pydantic
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"
@@ -34,13 +35,26 @@ class Params(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def parse_yaml(text: str) -> Any:
+    """YAML 1.2, as DVC reads params (PyYAML's 1.1 would turn `off` into False, `1e-6` into a string)."""
+    return YAML(typ="safe", pure=True).load(text)
+
+
+def dump_yaml(data: Any) -> str:
+    stream = io.StringIO()
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.dump(data, stream)
+    return stream.getvalue()
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, with a clear error for a missing or malformed file."""
     if not path.is_file():
         raise ParamsError(f"{path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
+        data = parse_yaml(path.read_text(encoding="utf-8"))
+    except YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
     if data is None:
         return {}
@@ -120,7 +134,7 @@ def applied_profile(root: Path, profile: str | None) -> Iterator[dict[str, Any]]
         yield params
         return
     original = params_path.read_bytes()
-    _write_atomically(params_path, yaml.safe_dump(params, sort_keys=False).encode())
+    _write_atomically(params_path, dump_yaml(params).encode())
     try:
         yield params
     finally:

@@ -13,12 +13,27 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from prefect import get_run_logger, task
+
+from tasks.params import parse_yaml
 
 
 class StageFailed(RuntimeError):
-    """A DVC stage exited with an error; the message carries the stage's own error line."""
+    """A DVC stage exited with an error; the message carries the stage's own error line.
+
+    `retryable` is set when the step said trying again may help (a network failure); bad
+    input (params, corpus, seed text) is not retried.
+    """
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def retry_if_retryable(task, task_run, state) -> bool:
+    """Prefect `retry_condition_fn`: retry only failures the stage marked as retryable."""
+    error = state.result(raise_on_failure=False)
+    return not isinstance(error, StageFailed) or error.retryable
 
 
 @dataclass(frozen=True)
@@ -47,7 +62,7 @@ def stage_lock(root: Path, name: str) -> dict:
     lock_path = root / "dvc.lock"
     if not lock_path.is_file():
         return {}
-    return (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {}).get(name, {})
+    return (parse_yaml(lock_path.read_text()) or {}).get("stages", {}).get(name, {})
 
 
 def subprocess_env() -> dict[str, str]:
@@ -59,7 +74,7 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-@task(name="dvc-stage")
+@task(name="dvc-stage", retry_condition_fn=retry_if_retryable)
 def run_stage(name: str, root: Path) -> bool:
     """Run one DVC stage, streaming its output into the flow's log; True if it ran.
 
@@ -89,9 +104,10 @@ def run_stage(name: str, root: Path) -> bool:
                 [sys.executable, "-m", "dvc", "checkout", "--force", name],
                 cwd=root, env=subprocess_env(), capture_output=True, check=False,
             )
-        errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-        reason = errors[-1] if errors else "\n".join(lines[-5:])
-        raise StageFailed(f"stage {name} failed: {reason}")
+        errors = [line for line in lines if line.startswith(("error: ", "retryable error: "))]
+        reason = errors[-1].split(": ", 1)[1] if errors else "\n".join(lines[-5:])
+        retryable = not errors or errors[-1].startswith("retryable")
+        raise StageFailed(f"stage {name} failed: {reason}", retryable=retryable)
     ran = stage_lock(root, name) != before
     logger.info("%s: %s", name, "ran, dvc.lock updated" if ran else "up to date, skipped by DVC")
     return ran

@@ -17,23 +17,24 @@ log = logging.getLogger(__name__)
 
 class RuntimeParams(Params):
     seed: int = pydantic.Field(ge=0)
-    mixed_precision: Literal["auto", "on", "off"]
+    dtype_policy: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
     jit_compile: bool
     memory_growth: bool
-    distribute: Literal["auto", "off"]
+    distribute: Literal["auto", "mirrored", "default"]
 
 
 def configure_runtime(
     seed: int,
-    mixed_precision: str = "off",
+    dtype_policy: str = "float32",
     memory_growth: bool = True,
     distribute: str = "auto",
 ) -> tf.distribute.Strategy:
     """Seed everything and prepare the devices; returns the strategy to build models under.
 
-    `mixed_precision="auto"` turns float16 compute on only when a GPU is present (on CPU it is
-    slower, not faster); `"on"` forces it, which is how tests exercise it on CPU.
-    `distribute="auto"` mirrors over all GPUs when there are several.
+    `dtype_policy="auto"` is mixed_float16 when a GPU is present and float32 otherwise (on a
+    CPU float16 is slower, not faster); naming a Keras policy forces it, which is how tests
+    exercise mixed precision on a CPU. `distribute="auto"` mirrors over all GPUs when there
+    are several; "mirrored" always mirrors (over the CPU when there is no GPU).
     """
     keras.utils.set_random_seed(seed)
     gpus = tf.config.list_physical_devices("GPU")
@@ -43,8 +44,9 @@ def configure_runtime(
                 tf.config.experimental.set_memory_growth(gpu, True)
             except RuntimeError:  # devices already initialised in this process: keep as is
                 log.debug("memory growth not set on %s: already initialised", gpu.name)
-    use_float16 = mixed_precision == "on" or (mixed_precision == "auto" and bool(gpus))
-    keras.mixed_precision.set_global_policy("mixed_float16" if use_float16 else "float32")
+    if dtype_policy == "auto":
+        dtype_policy = "mixed_float16" if gpus else "float32"
+    keras.mixed_precision.set_global_policy(dtype_policy)
     strategy = choose_strategy(len(gpus), distribute)
     log.info(
         "runtime: %d GPU(s), policy %s, strategy %s",
@@ -56,6 +58,6 @@ def configure_runtime(
 
 
 def choose_strategy(num_gpus: int, distribute: str = "auto") -> tf.distribute.Strategy:
-    if distribute == "auto" and num_gpus > 1:
+    if distribute == "mirrored" or (distribute == "auto" and num_gpus > 1):
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()

@@ -566,7 +566,7 @@ def train(
     runtime: RuntimeParams,
 ) -> dict[str, float]:
     """Train the LSTM, checkpointing each good epoch; writes model, history and metrics."""
-    strategy = configure_runtime(runtime.seed, runtime.mixed_precision, runtime.memory_growth, runtime.distribute)
+    strategy = configure_runtime(runtime.seed, runtime.dtype_policy, runtime.memory_growth, runtime.distribute)
     vocabulary, train_ids, validation_ids = load_prepared(paths.prepared)
     global_batch = batch_size * strategy.num_replicas_in_sync
     train_data = sequence_dataset(train_ids, maxlen, step, global_batch, shuffle=True, seed=runtime.seed)
@@ -631,7 +631,7 @@ def sample(
     runtime: RuntimeParams,
 ) -> list[dict[str, Any]]:
     """Generate `num_chars` characters per temperature after one seed; write texts and metrics."""
-    configure_runtime(runtime.seed, runtime.mixed_precision, runtime.memory_growth, runtime.distribute)
+    configure_runtime(runtime.seed, runtime.dtype_policy, runtime.memory_growth, runtime.distribute)
     vocabulary, train_ids, validation_ids = load_prepared(paths.prepared)
     seed_text = seed_text.lower() or corpus_seed(train_ids, vocabulary, maxlen, runtime.seed)
     vocabulary.encode(seed_text)  # fail on unknown characters before loading the model
@@ -758,7 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sample(paths, **text.sample.model_dump(), maxlen=text.data.maxlen, runtime=runtime)
     except (ParamsError, TextError, data.DownloadError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        retryable = getattr(error, "retryable", False)
+        print(f"{'retryable error' if retryable else 'error'}: {error}", file=sys.stderr, flush=True)
         return 2
     return 0
 

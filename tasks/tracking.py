@@ -16,10 +16,9 @@ from typing import Any
 
 import mlflow
 import pydantic
-import yaml
 from mlflow.entities import Metric, Param, RunTag
 
-from tasks.params import Params
+from tasks.params import Params, parse_yaml
 
 DEFAULT_STORE_DIR = "mlflow"  # under the repo root: mlflow.db and artifacts/
 _BATCH_LIMIT = 100  # MLflow accepts at most 100 params or tags per log_batch call
@@ -153,7 +152,7 @@ def dvc_lock_tags(root: Path, stages: Iterable[str]) -> dict[str, str]:
     lock_path = root / "dvc.lock"
     if not lock_path.is_file():
         return {}
-    lock = yaml.safe_load(lock_path.read_text()) or {}
+    lock = parse_yaml(lock_path.read_text()) or {}
     tags = {}
     for stage in stages:
         for out in lock.get("stages", {}).get(stage, {}).get("outs", []):

@@ -1,0 +1,62 @@
+"""Test-wide setup: offline, quiet TensorFlow, and a writable copy of the Keras cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _source_keras_cache() -> Path | None:
+    for candidate in (os.environ.get("KERAS_HOME"), REPO_ROOT.parent / "shared" / "keras-home"):
+        if candidate and (Path(candidate) / "datasets").is_dir():
+            return Path(candidate)
+    return None
+
+
+# Keras reads KERAS_HOME when it is first imported, so this must happen before any test module
+# imports keras. Tests get a writable copy: the shared cache may be read-only.
+_SOURCE_CACHE = _source_keras_cache()
+_KERAS_HOME = Path(tempfile.mkdtemp(prefix="gendl-keras-home-"))
+if _SOURCE_CACHE:
+    shutil.copytree(_SOURCE_CACHE, _KERAS_HOME, dirs_exist_ok=True)
+    for path in _KERAS_HOME.rglob("*"):
+        path.chmod(path.stat().st_mode | 0o200)
+os.environ["KERAS_HOME"] = str(_KERAS_HOME)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def keras_home() -> Path:
+    """The writable Keras cache copy tests run against (may be empty without a source cache)."""
+    return _KERAS_HOME
+
+
+@pytest.fixture(scope="session")
+def nietzsche_path() -> Path:
+    """The real corpus from the Keras cache copy; skips when no cache was available."""
+    path = _KERAS_HOME / "datasets" / "nietzsche.txt"
+    if not path.is_file():
+        pytest.skip("no Keras cache with datasets/nietzsche.txt (set KERAS_HOME)")
+    return path
+
+
+TINY_TEXT = (
+    "the will to power is the will to life. what is good? all that heightens the feeling of "
+    "power. what is bad? all that proceeds from weakness. what is happiness? the feeling that "
+    "power increases, that a resistance is overcome.\n"
+)
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path) -> Path:
+    """A small corpus file (about 3,000 characters, 30-odd distinct characters)."""
+    path = tmp_path / "tiny_corpus.txt"
+    path.write_text(TINY_TEXT * 14, encoding="utf-8")
+    return path

@@ -1,0 +1,84 @@
+"""Fixtures for flow and DVC tests: one Prefect test server per session, and throwaway copies
+of this repo with tiny params so a whole pipeline runs in seconds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT, TINY_TEXT
+
+GIT = ["git", "-c", "user.name=gendl-tests", "-c", "user.email=tests@gendl.invalid"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server():
+    """One ephemeral Prefect server for the whole session (it takes 12-25 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def tiny_params(corpus: Path) -> dict:
+    """params.yaml values small enough for a whole pipeline in seconds."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["runtime"].update(seed=7, dtype_policy="float32")
+    params["text"]["data"].update(url=corpus.as_uri(), sha256="", maxlen=10, step=2, validation_split=0.2)
+    params["text"]["model"].update(units=16)
+    params["text"]["train"].update(epochs=2, batch_size=32, epoch_sample_chars=20)
+    params["text"]["sample"].update(num_chars=60)
+    return params
+
+
+def make_repo_copy(destination: Path, corpus_text: str = TINY_TEXT * 14) -> Path:
+    """A git repo holding this project's files, tiny params and a tiny local corpus."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    for name in files:
+        if name == "dvc.lock" or not (REPO_ROOT / name).is_file():
+            continue
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, target)
+    corpus = destination.parent / f"corpus-{uuid.uuid4().hex[:8]}.txt"
+    corpus.write_text(corpus_text, encoding="utf-8")
+    write_params(destination, tiny_params(corpus))
+    subprocess.run([*GIT, "init", "-q"], cwd=destination, check=True)
+    subprocess.run([*GIT, "add", "-A"], cwd=destination, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "test copy"], cwd=destination, check=True)
+    return destination
+
+
+def write_params(root: Path, params: dict) -> None:
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    return make_repo_copy(tmp_path / "repo")
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch) -> str:
+    """A temporary SQLite MLflow store and a unique experiment, through the standard env vars."""
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"test-{uuid.uuid4().hex[:8]}")
+    return uri

@@ -1,0 +1,83 @@
+"""dvc.yaml is the one definition of the pipeline: plain `dvc repro` / `dvc exp run` reproduce
+it, and the flows, params and step code cannot drift away from it unnoticed."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from flows.cli import KNOWN_SECTIONS
+from tasks import text
+from tasks.pipeline import load_stages
+from tests.conftest import REPO_ROOT
+from tests.flows.conftest import dvc
+
+TEXT_STAGES = ["text_download", "text_prepare", "text_train", "text_sample"]
+
+
+def dvc_yaml() -> dict:
+    return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+
+
+def test_flow_builds_its_tasks_from_dvc_yaml_in_dependency_order():
+    stages = load_stages(REPO_ROOT, prefix="text_")
+    assert [stage.name for stage in stages] == TEXT_STAGES
+    assert {stage.name: stage.retries for stage in stages}["text_download"] > 0
+
+
+def test_every_stage_command_is_a_step_the_cli_has():
+    steps = {"download", "prepare", "train", "sample"}
+    for name, stage in dvc_yaml()["stages"].items():
+        if name.startswith("text_"):
+            match = re.fullmatch(r"python -m tasks\.text (\w+)", stage["cmd"])
+            assert match and match.group(1) in steps, stage["cmd"]
+
+
+def test_every_params_key_a_stage_lists_exists_and_every_knob_is_listed():
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    assert set(params) <= KNOWN_SECTIONS
+    listed = {key for stage in dvc_yaml()["stages"].values() for key in stage.get("params", [])}
+    for key in listed:
+        node = params
+        for part in key.split("."):
+            assert part in node, f"dvc.yaml lists {key}, which params.yaml does not have"
+            node = node[part]
+    # A text knob no stage lists would change nothing DVC sees: runs would not be reproducible.
+    for section, model in text.TextParams.model_fields.items():
+        for field in model.annotation.model_fields:
+            key = f"text.{section}.{field}"
+            assert key in listed or f"text.{section}" in listed, f"{key} is read but no stage lists it"
+
+
+def test_the_paths_the_flow_logs_are_declared_outputs_of_dvc_stages():
+    declared = set()
+    for stage in dvc_yaml()["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            declared |= {next(iter(item)) if isinstance(item, dict) else item for item in stage.get(kind, [])}
+    for path in vars(text.TextPaths()).values():
+        assert str(path) in declared, f"{path} is not an output of any stage in dvc.yaml"
+
+
+@pytest.mark.slow
+def test_dvc_repro_and_exp_run_reproduce_the_pipeline_without_prefect(repo_copy):
+    repro = dvc(repo_copy, "repro")
+    assert repro.returncode == 0, repro.stdout + repro.stderr
+    assert json.loads(dvc(repo_copy, "status", "--json").stdout) == {}
+    samples = sorted(p.name for p in (repo_copy / "outputs/text/samples").glob("temperature_*.txt"))
+    assert samples == ["temperature_0.2.txt", "temperature_0.5.txt", "temperature_1.2.txt", "temperature_1.txt"]
+    model_md5 = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]["text_train"]["outs"][0]["md5"]
+
+    # A sweep over a sampling knob re-runs sampling only, and keeps params.yaml in sync with it.
+    experiment = dvc(repo_copy, "exp", "run", "-S", "text.sample.num_chars=25")
+    assert experiment.returncode == 0, experiment.stdout + experiment.stderr
+    assert "Running stage 'text_sample'" in experiment.stdout
+    assert "Running stage 'text_train'" not in experiment.stdout
+    lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]
+    assert lock["text_train"]["outs"][0]["md5"] == model_md5
+    sample = json.loads((repo_copy / "outputs/text/samples/samples.json").read_text())[0]
+    assert len(sample["text"]) == 25
+    shown = dvc(repo_copy, "exp", "show", "--json")
+    assert shown.returncode == 0 and "num_chars" in shown.stdout
