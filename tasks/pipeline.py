@@ -7,7 +7,9 @@ date and dvc.lock records what ran, exactly as with a plain `dvc repro`.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,6 +18,12 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from tasks.params import parse_yaml
+
+
+# TensorFlow's start-up lines (absl INFO/WARNING, CPU instruction notes): kept at debug level.
+_FRAMEWORK_NOISE = re.compile(
+    r"^([IW]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|To enable the following instructions)"
+)
 
 
 class StageFailed(RuntimeError):
@@ -96,7 +104,7 @@ def run_stage(name: str, root: Path) -> bool:
     for line in process.stdout:
         line = line.rstrip()
         if line:
-            logger.info("%s | %s", name, line)
+            logger.log(logging.DEBUG if _FRAMEWORK_NOISE.match(line) else logging.INFO, "%s | %s", name, line)
             lines.append(line)
     if process.wait() != 0:
         if before:
