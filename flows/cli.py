@@ -21,6 +21,9 @@ def run_cli(flow_function: Callable[..., Any], validate: Callable[[dict], None])
     parser = argparse.ArgumentParser(description=flow_function.__doc__.splitlines()[0])
     parser.add_argument("--profile", help=f"params overlay from profiles/ ({', '.join(available_profiles(REPO_ROOT))})")
     parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repo root (default: this checkout)")
+    parser.add_argument(
+        "--schedule", metavar="CRON", help="serve the flow on this cron schedule (e.g. '0 3 * * 1') instead of running it once"
+    )
     args = parser.parse_args()
     root = args.root.resolve()
     try:  # bad params fail here, in a second, not after Prefect's server has started
@@ -33,6 +36,9 @@ def run_cli(flow_function: Callable[..., Any], validate: Callable[[dict], None])
         print(f"error: {error}", file=sys.stderr)
         return 2
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
+    if args.schedule:  # runs until stopped; needs a Prefect server (PREFECT_API_URL) to be useful
+        flow_function.serve(cron=args.schedule, parameters={"profile": args.profile, "root": str(root)})
+        return 0
     try:
         flow_function(profile=args.profile, root=root)
     except Exception as error:  # the flow's log already holds the details; end with one line

@@ -453,7 +453,9 @@ class EpochSamples(keras.callbacks.Callback):
         for sample in generate_text(
             self.generator, self.vocabulary, self.seed_text, self.temperatures, self.num_chars, epoch
         ):
-            self.records.append({"epoch": epoch + 1, "temperature": sample.temperature, "text": sample.text})
+            self.records.append(
+                {"epoch": epoch + 1, "temperature": sample.temperature, "text": sample.text, "entropy_bits": sample.entropy_bits}
+            )
             log.info("epoch %d, temperature %.2f: %r", epoch + 1, sample.temperature, sample.text[:100])
 
 
@@ -680,6 +682,13 @@ def log_training(run_id: str, paths: TextPaths) -> dict[str, float]:
     if epoch_samples:
         import mlflow
 
+        tracking.log_metric_rows(  # MLflow groups "epoch_samples/..." charts together
+            run_id,
+            [
+                {"epoch": r["epoch"], f"epoch_samples/temperature_{r['temperature']:g}/entropy_bits": r["entropy_bits"]}
+                for r in epoch_samples
+            ],
+        )
         mlflow.log_table(
             {key: [record[key] for record in epoch_samples] for key in ("epoch", "temperature", "text")},
             "epoch_samples.json",
