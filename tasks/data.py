@@ -60,13 +60,21 @@ def fetch(url: str, destination: Path, sha256: str = "") -> Path:
 
 
 def _cached_copy(url: str, filename: str, sha256: str) -> Path:
+    cache = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
+    cached = cache / filename
+    # get_file would re-download a mismatching copy and delete it when that fails (offline):
+    # say so instead, and keep what may be the only copy.
+    if sha256 and cached.is_file() and (actual := sha256_of(cached)) != sha256:
+        raise DownloadError(
+            f"{cached} has sha256 {actual}, expected {sha256}: fix the expected hash in "
+            "params.yaml, or delete the file to download it again"
+        )
     previous_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)  # urlretrieve has no timeout of its own
     try:
         return Path(keras.utils.get_file(filename, origin=url, file_hash=sha256 or None))
     # get_file re-raises URL and HTTP failures as bare `Exception`, so nothing narrower catches them.
     except Exception as error:
-        cache = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
         raise DownloadError(
             f"could not download {url}: {error}. Offline? Put {filename} in the Keras cache "
             f"({cache}/{filename}): set KERAS_HOME to a filled Keras cache, for example "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import logging
 import math
@@ -160,15 +161,21 @@ def build_vocabulary(text: str) -> Vocabulary:
 
 def split_corpus(ids: np.ndarray, maxlen: int, validation_split: float) -> tuple[np.ndarray, np.ndarray]:
     """Train on the first part, validate on the last: overlapping windows never straddle both."""
-    num_validation = int(len(ids) * validation_split)
-    needed = maxlen + 1
-    if len(ids) - num_validation < needed or (validation_split > 0 and num_validation < needed):
-        minimum = math.ceil(needed / validation_split) if validation_split > 0 else needed
+    if not _split_fits(len(ids), maxlen, validation_split):
+        minimum = next(n for n in itertools.count(maxlen + 1) if _split_fits(n, maxlen, validation_split))
         raise TextError(
             f"corpus has {len(ids)} characters, too short for maxlen={maxlen} with "
-            f"validation_split={validation_split}: need at least {max(minimum, 2 * needed)}"
+            f"validation_split={validation_split}: need at least {minimum}"
         )
+    num_validation = int(len(ids) * validation_split)
     return ids[: len(ids) - num_validation], ids[len(ids) - num_validation :]
+
+
+def _split_fits(num_chars: int, maxlen: int, validation_split: float) -> bool:
+    """Both parts hold at least one sequence and its target (maxlen + 1 characters)."""
+    num_validation = int(num_chars * validation_split)
+    needed = maxlen + 1
+    return num_chars - num_validation >= needed and (validation_split == 0 or num_validation >= needed)
 
 
 def num_sequences(num_chars: int, maxlen: int, step: int) -> int:

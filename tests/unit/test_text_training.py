@@ -1,0 +1,292 @@
+"""Training and sampling steps on tiny data, the NaN guard, and the runtime (mixed precision,
+XLA, strategies) exercised on CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+from tasks import text
+from tasks.runtime import RuntimeParams, choose_strategy, configure_runtime
+
+RUNTIME = RuntimeParams(seed=1, dtype_policy="float32", jit_compile=False, memory_growth=True, distribute="auto")
+MAXLEN, STEP, BATCH_SIZE = 10, 2, 32
+
+
+def prepare_tiny(root: Path, corpus: Path, max_chars: int = 0) -> text.TextPaths:
+    paths = text.TextPaths().under(root)
+    paths.corpus.parent.mkdir(parents=True)
+    shutil.copy(corpus, paths.corpus)
+    text.prepare(paths, MAXLEN, validation_split=0.1, max_chars=max_chars)
+    return paths
+
+
+def train_tiny(paths: text.TextPaths, epochs: int, temperatures: list[float], epoch_sample_chars: int = 20) -> dict:
+    return text.train(
+        paths, MAXLEN, STEP, units=16, num_layers=1, embedding_dim=0, epochs=epochs, batch_size=BATCH_SIZE,
+        learning_rate=0.01, clipnorm=0.0, epoch_sample_chars=epoch_sample_chars,
+        epoch_sample_temperatures=temperatures, runtime=RUNTIME,
+    )
+
+
+def one_batch(vocab_size: int, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Random (batch, MAXLEN) int32 sequences and (batch,) next characters."""
+    rng = np.random.default_rng(0)
+    return (
+        rng.integers(0, vocab_size, size=(batch_size, MAXLEN)).astype(np.int32),
+        rng.integers(0, vocab_size, size=batch_size).astype(np.int32),
+    )
+
+
+def all_finite(weights: list[np.ndarray]) -> bool:
+    return all(np.isfinite(weight).all() for weight in weights)
+
+
+# --- The train step -------------------------------------------------------------------------
+
+
+def test_train_smoke(tmp_path, tiny_corpus):
+    paths = prepare_tiny(tmp_path, tiny_corpus)
+    epochs, temperatures = 3, [0.5, 1.0]
+
+    metrics = train_tiny(paths, epochs, temperatures)
+
+    history = text.read_history(paths.history)
+    assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[0]["bits_per_char"] == pytest.approx(history[0]["loss"] / math.log(2), rel=1e-5)
+    model = keras.models.load_model(paths.model)
+    assert model.output_shape[-1] == len(json.loads((paths.prepared / "vocabulary.json").read_text())["chars"])
+    assert all_finite(model.get_weights())
+    assert math.isfinite(metrics["best_val_loss"])
+    assert metrics["best_val_loss"] == min(row["val_loss"] for row in history)
+    assert metrics["diverged"] == 0 and metrics["epochs_completed"] == epochs
+    assert json.loads(paths.train_metrics.read_text()) == metrics
+    records = json.loads(paths.epoch_samples.read_text(encoding="utf-8"))
+    assert [(record["epoch"], record["temperature"]) for record in records] == [
+        (epoch, temperature) for epoch in range(1, epochs + 1) for temperature in temperatures
+    ]
+    assert all(len(record["text"]) == 20 for record in records)
+    assert all(0 <= record["entropy_bits"] <= math.log2(model.output_shape[-1]) for record in records)
+
+
+# --- NaN guard ------------------------------------------------------------------------------
+
+
+def compile_to_diverge_at(divergence_step: int):
+    """A `compile_model` whose loss, and so every gradient and weight, turns NaN at that step."""
+
+    def compile_model(model, learning_rate, clipnorm, jit_compile):
+        optimizer = keras.optimizers.RMSprop(learning_rate=learning_rate)
+
+        def loss(y_true, y_pred):
+            poison = ops.where(optimizer.iterations >= divergence_step, np.nan, 1.0)
+            return keras.losses.sparse_categorical_crossentropy(y_true, y_pred) * poison
+
+        model.compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile)
+
+    return compile_model
+
+
+def steps_per_epoch(paths: text.TextPaths) -> int:
+    num_train_chars = len(np.load(paths.prepared / "train_ids.npy"))
+    return math.ceil(text.num_sequences(num_train_chars, MAXLEN, STEP) / BATCH_SIZE)
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_epoch(tmp_path, tiny_corpus, monkeypatch):
+    paths = prepare_tiny(tmp_path, tiny_corpus)
+    monkeypatch.setattr(text, "compile_model", compile_to_diverge_at(steps_per_epoch(paths) + 3))  # in epoch 2
+    checkpoints, save_model = [], text.save_model_atomically
+
+    def save_and_remember(model, path):
+        checkpoints.append([weight.copy() for weight in model.get_weights()])
+        save_model(model, path)
+
+    monkeypatch.setattr(text, "save_model_atomically", save_and_remember)
+
+    metrics = train_tiny(paths, epochs=4, temperatures=[1.0])
+
+    history = text.read_history(paths.history)
+    assert len(history) == 2, "training did not stop in the epoch that diverged"
+    assert math.isfinite(history[0]["loss"]) and math.isnan(history[1]["loss"])
+    assert metrics["diverged"] == 1 and metrics["epochs_completed"] == 1 and metrics["best_epoch"] == 1
+    assert metrics["best_val_loss"] == history[0]["val_loss"]
+    assert len(checkpoints) == 1
+    saved = keras.models.load_model(paths.model, compile=False).get_weights()
+    assert all_finite(saved)
+    for weight, checkpoint in zip(saved, checkpoints[0]):
+        np.testing.assert_array_equal(weight, checkpoint)
+    records = json.loads(paths.epoch_samples.read_text(encoding="utf-8"))
+    assert [record["epoch"] for record in records] == [1]
+
+
+def test_stop_on_nan_restores_the_last_good_weights_in_memory(tmp_path):
+    vocab_size, batch_size, num_batches = 6, 4, 3
+    keras.utils.set_random_seed(3)
+    model = text.build_char_lstm(vocab_size, units=8)
+    compile_to_diverge_at(num_batches + 1)(model, learning_rate=0.01, clipnorm=0.0, jit_compile=False)
+    x, y = one_batch(vocab_size, batch_size * num_batches)
+    guard = text.StopOnNaN(tmp_path / "model.keras")
+
+    history = model.fit(x, y, batch_size=batch_size, epochs=3, callbacks=[guard], shuffle=False, verbose=0)
+
+    assert math.isnan(history.history["loss"][1]), "the test loss did not diverge in epoch 2"
+    assert (guard.last_good_epoch, guard.diverged_at_epoch) == (1, 2)
+    restored = model.get_weights()
+    assert all_finite(restored)
+    for weight, saved in zip(restored, keras.models.load_model(tmp_path / "model.keras", compile=False).get_weights()):
+        np.testing.assert_array_equal(weight, saved)
+
+
+def test_nan_loss_in_the_first_epoch_is_an_error_naming_the_fix(tmp_path, tiny_corpus, monkeypatch):
+    paths = prepare_tiny(tmp_path, tiny_corpus)
+    monkeypatch.setattr(text, "compile_model", compile_to_diverge_at(2))
+
+    with pytest.raises(text.TextError, match="epoch 1") as error:
+        train_tiny(paths, epochs=2, temperatures=[1.0])
+
+    assert "learning_rate" in str(error.value) and "clipnorm" in str(error.value)
+    assert not paths.model.exists()
+
+
+# --- The sample step ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_paths(tmp_path_factory, nietzsche_path) -> text.TextPaths:
+    """Prepared from the first 4,000 characters of the real corpus and trained for 3 epochs."""
+    paths = prepare_tiny(tmp_path_factory.mktemp("trained"), nietzsche_path, max_chars=4000)
+    train_tiny(paths, epochs=3, temperatures=[], epoch_sample_chars=0)
+    return paths
+
+
+def test_sample_writes_one_text_per_temperature(trained_paths):
+    temperatures, num_chars = [0.2, 0.5, 1.0, 1.2], 120
+
+    results = text.sample(trained_paths, temperatures, num_chars, seed_text="", maxlen=MAXLEN, runtime=RUNTIME)
+
+    assert [result["temperature"] for result in results] == temperatures
+    seed_text = results[0]["seed"]
+    assert len(seed_text) == MAXLEN
+    for result in results:
+        assert result["seed"] == seed_text
+        assert len(result["text"]) == num_chars
+        written = (trained_paths.samples / f"temperature_{result['temperature']:g}.txt").read_text(encoding="utf-8")
+        assert written == seed_text + result["text"] + "\n"
+    metrics = json.loads(trained_paths.sample_metrics.read_text())
+    entropies = [metrics[f"temperature_{temperature:g}"]["entropy_bits"] for temperature in temperatures]
+    assert all(low < high for low, high in zip(entropies, entropies[1:])), entropies
+    assert metrics["chars_per_second"] > 0
+
+
+def test_sample_lower_cases_the_seed_text(trained_paths):
+    (result,) = text.sample(trained_paths, [1.0], 5, seed_text="The ", maxlen=MAXLEN, runtime=RUNTIME)
+
+    assert result["seed"] == "the "
+
+
+def test_sample_rejects_seed_characters_outside_the_vocabulary_before_loading_the_model(tmp_path, tiny_corpus):
+    paths = prepare_tiny(tmp_path, tiny_corpus)  # no model: loading it would fail differently
+
+    with pytest.raises(text.TextError, match="outside the corpus vocabulary") as error:
+        text.sample(paths, [1.0], 10, seed_text="the #will", maxlen=MAXLEN, runtime=RUNTIME)
+
+    assert "'#'" in str(error.value)
+    assert not paths.samples.exists()
+
+
+# --- Runtime on CPU -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_float32_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def generate_chars(model: keras.Model, seed_ids: np.ndarray, num_chars: int, jit_compile: bool = False):
+    generate = text.make_generator(model, jit_compile)
+    ids, distributions, entropies = generate(
+        tf.constant(seed_ids), tf.constant([0.5, 1.0]), tf.constant(num_chars), tf.constant([0, 0])
+    )
+    return ids.numpy(), distributions.numpy(), entropies.numpy()
+
+
+def test_mixed_precision_model_trains_and_samples_on_cpu(restore_float32_policy):
+    vocab_size = 12
+    configure_runtime(1, dtype_policy="mixed_float16")
+    assert keras.mixed_precision.global_policy().name == "mixed_float16"
+
+    model = text.build_char_lstm(vocab_size, units=16)
+    text.compile_model(model, learning_rate=0.01, clipnorm=1.0, jit_compile=False)
+    x, y = one_batch(vocab_size)
+    loss = model.train_on_batch(x, y)
+
+    assert model.get_layer("lstm_0").compute_dtype == "float16"
+    assert math.isfinite(float(loss))
+    probs = model.predict(x, verbose=0)
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-5)
+    ids, distributions, entropies = generate_chars(model, x[:2], num_chars=4)
+    assert ids.shape == (2, 4) and ((ids >= 0) & (ids < vocab_size)).all()
+    assert distributions.dtype == np.float32 and np.isfinite(entropies).all()
+
+
+def test_auto_dtype_policy_is_float32_on_cpu(restore_float32_policy):
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("auto means mixed_float16 with a GPU")
+    configure_runtime(1, dtype_policy="mixed_float16")
+    configure_runtime(1, dtype_policy="auto")
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_configure_runtime_sets_a_named_policy(restore_float32_policy):
+    configure_runtime(1, dtype_policy="mixed_bfloat16")
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+
+
+def test_configure_runtime_seeds_everything():
+    def draws():
+        return np.random.rand(), float(keras.random.uniform(())), text.build_char_lstm(5, units=8).get_weights()
+
+    configure_runtime(7)
+    first = draws()
+    configure_runtime(7)
+    second = draws()
+
+    assert first[:2] == second[:2]
+    for weight, again in zip(first[2], second[2]):
+        np.testing.assert_array_equal(weight, again)
+
+
+def test_xla_compiled_training_and_sampling_on_cpu():
+    vocab_size = 12
+    keras.utils.set_random_seed(2)
+    model = text.build_char_lstm(vocab_size, units=8)
+    text.compile_model(model, learning_rate=0.01, clipnorm=0.0, jit_compile=True)
+    x, y = one_batch(vocab_size)
+
+    assert math.isfinite(float(model.train_on_batch(x, y)))
+
+    ids, distributions, _ = generate_chars(model, x[:2], num_chars=3, jit_compile=True)
+    np.testing.assert_allclose(distributions[:, 0], model.predict(x[:2], verbose=0), atol=1e-5)
+    for step in range(1, 3):
+        prefix = np.concatenate([x[:2], ids[:, :step]], axis=1)
+        np.testing.assert_allclose(distributions[:, step], model(prefix).numpy(), atol=1e-5)
+
+
+def test_choose_strategy():
+    assert isinstance(choose_strategy(2), tf.distribute.MirroredStrategy)
+    assert isinstance(choose_strategy(0, "mirrored"), tf.distribute.MirroredStrategy)
+    assert choose_strategy(2, "default") is tf.distribute.get_strategy()
+    assert choose_strategy(1) is tf.distribute.get_strategy()
+    assert choose_strategy(0) is tf.distribute.get_strategy()
+    assert choose_strategy(0).num_replicas_in_sync == 1
