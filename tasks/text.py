@@ -185,18 +185,25 @@ def num_sequences(num_chars: int, maxlen: int, step: int) -> int:
 def sequence_dataset(
     ids: np.ndarray, maxlen: int, step: int, batch_size: int, shuffle: bool, seed: int | None = None
 ) -> tf.data.Dataset:
-    """(batch, maxlen) int32 windows every `step` characters and the (batch,) next character."""
-    dataset = keras.utils.timeseries_dataset_from_array(
-        ids[:-1],
-        ids[maxlen:],
-        sequence_length=maxlen,
-        sequence_stride=step,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-    )
-    return dataset.map(lambda x, y: (tf.cast(x, tf.int32), tf.cast(y, tf.int32))).prefetch(
-        tf.data.AUTOTUNE
+    """(batch, maxlen) int32 windows every `step` characters and the (batch,) next character.
+
+    Only the start positions are shuffled (fully, again every epoch); each batch of windows is
+    then gathered from the encoded corpus in one op. (keras.utils.timeseries_dataset_from_array
+    builds one element per window and was measured about 30% slower on 2 cores.)
+    """
+    corpus = tf.constant(ids, tf.int32)
+    starts = tf.data.Dataset.from_tensor_slices(np.arange(0, len(ids) - maxlen, step, dtype=np.int32))
+    if shuffle:
+        starts = starts.shuffle(len(ids) // step + 1, seed=seed, reshuffle_each_iteration=True)
+
+    def windows(batch_starts):
+        positions = batch_starts[:, None] + tf.range(maxlen)  # (batch, maxlen)
+        return tf.gather(corpus, positions), tf.gather(corpus, batch_starts + maxlen)
+
+    return (
+        starts.batch(batch_size)
+        .map(windows, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
     )
 
 

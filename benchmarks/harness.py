@@ -1,0 +1,157 @@
+"""Small helpers shared by the benchmarks: timing, memory of a process, results and tables.
+
+A measured implementation runs in its own interpreter (`run_in_child`), so its peak resident
+memory is its own and not the sum of everything the benchmark did before. Nothing here imports
+TensorFlow: a child's memory is what its own module imports.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+
+
+class ChildError(RuntimeError):
+    """A measured child process failed; carries the end of its output."""
+
+
+# --- Timing -----------------------------------------------------------------------------------
+
+
+def timed(function: Callable[[], Any]) -> tuple[Any, float]:
+    """`function()`'s result and its wall-clock seconds."""
+    started = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class Timing:
+    warmup_seconds: list[float]  # tracing and compilation happen here
+    seconds: list[float]  # the measured calls, after warm-up
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def time_calls(function: Callable[[], Any], warmup: int = 1, repeats: int = 3) -> Timing:
+    """Seconds of `warmup` calls (reported apart: they include tracing), then of `repeats` calls."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    warmup_seconds = [timed(function)[1] for _ in range(warmup)]
+    return Timing(warmup_seconds, [timed(function)[1] for _ in range(repeats)])
+
+
+# --- Memory -----------------------------------------------------------------------------------
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    """A `kB` field of /proc/self/status (Linux) in bytes, or None elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def current_rss_bytes() -> int:
+    """Resident memory of this process now (0 where /proc is missing)."""
+    return _proc_status_bytes("VmRSS") or 0
+
+
+def peak_rss_bytes() -> int:
+    """High-water mark of this process's resident memory."""
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return max_rss if sys.platform == "darwin" else max_rss * 1024  # bytes on macOS, KiB on Linux
+
+
+# --- Child processes --------------------------------------------------------------------------
+
+
+def run_in_child(module: str, function: str, kwargs: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`module.function(**kwargs)` in a fresh interpreter; its dict result plus `peak_rss_bytes`.
+
+    The result travels as JSON through a temporary file, so the child may print what it likes.
+    """
+    with tempfile.TemporaryDirectory(prefix="gendl-bench-") as directory:
+        result_path = Path(directory) / "result.json"
+        command = [sys.executable, "-m", "benchmarks.harness", module, function, json.dumps(kwargs), str(result_path)]
+        completed = subprocess.run(
+            command, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True
+        )
+        if completed.returncode != 0:
+            tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-30:])
+            raise ChildError(f"{module}.{function} exited with {completed.returncode}:\n{tail}")
+        return json.loads(result_path.read_text())
+
+
+def _child_main(argv: Sequence[str]) -> None:
+    module, function, kwargs_json, result_path = argv
+    result = getattr(importlib.import_module(module), function)(**json.loads(kwargs_json))
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    Path(result_path).write_text(json.dumps(result))
+
+
+# --- Results ----------------------------------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    """Where and with what the numbers were measured."""
+
+    def version(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "tensorflow": version("tensorflow"),
+        "keras": version("keras"),
+        "numpy": version("numpy"),
+    }
+
+
+def write_results(path: Path, results: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; numbers are expected already formatted as strings."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])
