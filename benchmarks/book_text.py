@@ -61,7 +61,10 @@ def char_vocabulary(text: str) -> tuple[list[str], dict[str, int]]:
 
 
 def vectorize(
-    sentences: Sequence[str], next_chars: Sequence[str], chars: Sequence[str], char_indices: dict[str, int],
+    sentences: Sequence[str],
+    next_chars: Sequence[str],
+    chars: Sequence[str],
+    char_indices: dict[str, int],
     maxlen: int = MAXLEN,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One-hot x (sequences, maxlen, chars) and y (sequences, chars), both bool."""
@@ -107,8 +110,13 @@ def sample(preds: np.ndarray, temperature: float = 1.0) -> int:
 
 
 def generate_at_temperature(
-    model: keras.Model, generated_text: str, temperature: float, num_chars: int, chars: Sequence[str],
-    char_indices: dict[str, int], maxlen: int = MAXLEN,
+    model: keras.Model,
+    generated_text: str,
+    temperature: float,
+    num_chars: int,
+    chars: Sequence[str],
+    char_indices: dict[str, int],
+    maxlen: int = MAXLEN,
 ) -> str:
     """The inner loop: `num_chars` characters after the `maxlen`-character `generated_text`."""
     output = []
@@ -127,11 +135,17 @@ def generate_at_temperature(
 
 
 def generate(
-    model: keras.Model, seed_text: str, chars: Sequence[str], char_indices: dict[str, int],
-    temperatures: Sequence[float] = TEMPERATURES, num_chars: int = 400,
+    model: keras.Model,
+    seed_text: str,
+    chars: Sequence[str],
+    char_indices: dict[str, int],
+    temperatures: Sequence[float] = TEMPERATURES,
+    num_chars: int = 400,
 ) -> dict[float, str]:
     """The outer loop: `num_chars` characters at each temperature, from the same seed."""
     generated = {}
     for temperature in temperatures:  # tries a range of sampling temperatures
-        generated[temperature] = generate_at_temperature(model, seed_text, temperature, num_chars, chars, char_indices)
+        generated[temperature] = generate_at_temperature(
+            model, seed_text, temperature, num_chars, chars, char_indices
+        )
     return generated

@@ -92,14 +92,24 @@ def peak_rss_bytes() -> int:
 # --- Child processes --------------------------------------------------------------------------
 
 
-def run_in_child(module: str, function: str, kwargs: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_in_child(
+    module: str, function: str, kwargs: dict[str, Any], env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """`module.function(**kwargs)` in a fresh interpreter; its dict result plus `peak_rss_bytes`.
 
     The result travels as JSON through a temporary file, so the child may print what it likes.
     """
     with tempfile.TemporaryDirectory(prefix="gendl-bench-") as directory:
         result_path = Path(directory) / "result.json"
-        command = [sys.executable, "-m", "benchmarks.harness", module, function, json.dumps(kwargs), str(result_path)]
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.harness",
+            module,
+            function,
+            json.dumps(kwargs),
+            str(result_path),
+        ]
         completed = subprocess.run(
             command, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True
         )

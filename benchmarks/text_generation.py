@@ -54,12 +54,22 @@ class Scale:
 
 
 REAL = Scale(
-    max_chars=0, book_chars_per_temperature=50, gendl_chars_per_temperature=400, gendl_repeats=5,
-    num_train_sequences=40_000, batch_size=book_text.BATCH_SIZE, training_rounds=2,
+    max_chars=0,
+    book_chars_per_temperature=50,
+    gendl_chars_per_temperature=400,
+    gendl_repeats=5,
+    num_train_sequences=40_000,
+    batch_size=book_text.BATCH_SIZE,
+    training_rounds=2,
 )
 QUICK = Scale(
-    max_chars=60_000, book_chars_per_temperature=5, gendl_chars_per_temperature=100, gendl_repeats=2,
-    num_train_sequences=2_000, batch_size=book_text.BATCH_SIZE, training_rounds=1,
+    max_chars=60_000,
+    book_chars_per_temperature=5,
+    gendl_chars_per_temperature=100,
+    gendl_repeats=2,
+    num_train_sequences=2_000,
+    batch_size=book_text.BATCH_SIZE,
+    training_rounds=1,
 )
 
 
@@ -100,9 +110,15 @@ def measure_book_sampling(
     per_temperature = {}
     for temperature in book_text.TEMPERATURES:
         text, seconds = timed(
-            lambda: book_text.generate_at_temperature(model, seed_text, temperature, num_chars, chars, char_indices)
+            lambda: book_text.generate_at_temperature(
+                model, seed_text, temperature, num_chars, chars, char_indices
+            )
         )
-        per_temperature[str(temperature)] = {"seconds": seconds, "chars_per_second": num_chars / seconds, "text": text}
+        per_temperature[str(temperature)] = {
+            "seconds": seconds,
+            "chars_per_second": num_chars / seconds,
+            "text": text,
+        }
     total_seconds = sum(result["seconds"] for result in per_temperature.values())
     return {
         "chars_per_temperature": num_chars,
@@ -142,7 +158,9 @@ def measure_sampling(corpus_path: str, scale: Scale) -> dict[str, Any]:
     text = gendl.read_corpus(Path(corpus_path))
     text = text[: scale.max_chars] if scale.max_chars else text
     vocabulary = gendl.build_vocabulary(text)
-    book_chars, book_char_indices = book_text.char_vocabulary(book_text.read_text(corpus_path, scale.max_chars))
+    book_chars, book_char_indices = book_text.char_vocabulary(
+        book_text.read_text(corpus_path, scale.max_chars)
+    )
     if book_chars != vocabulary.chars:
         raise RuntimeError("the book's and gendl's vocabularies differ: the comparison would not be fair")
     seed_text = gendl.corpus_seed(vocabulary.encode(text), vocabulary, book_text.MAXLEN, SEED)
@@ -202,7 +220,9 @@ def measure_training(corpus_path: str, scale: Scale) -> dict[str, Any]:
         order = ["book_training", "gendl_training"]
         for function in order if round_index % 2 == 0 else reversed(order):
             runs[function].append(
-                run_in_child("benchmarks.training_runs", function, arguments[function], {"TF_CPP_MIN_LOG_LEVEL": "2"})
+                run_in_child(
+                    "benchmarks.training_runs", function, arguments[function], {"TF_CPP_MIN_LOG_LEVEL": "2"}
+                )
             )
     return {"book": summarise_runs(runs["book_training"]), "gendl": summarise_runs(runs["gendl_training"])}
 
@@ -217,7 +237,8 @@ def ratios(sampling: dict[str, Any], training: dict[str, Any]) -> dict[str, floa
         "sampling_speedup_one_at_a_time": sampling["gendl"]["one_at_a_time_chars_per_second"]
         / sampling["book"]["chars_per_second"],
         "data_memory_reduction": training["book"]["data_bytes"] / training["gendl"]["data_bytes"],
-        "training_speedup": training["gendl"]["sequences_per_second"] / training["book"]["sequences_per_second"],
+        "training_speedup": training["gendl"]["sequences_per_second"]
+        / training["book"]["sequences_per_second"],
         "training_cpu_efficiency": training["gendl"]["sequences_per_cpu_second"]
         / training["book"]["sequences_per_cpu_second"],
         "peak_rss_reduction": training["book"]["peak_rss_bytes"] / training["gendl"]["peak_rss_bytes"],
@@ -248,60 +269,120 @@ def report(results: dict[str, Any]) -> str:
     book_train, gendl_train = training["book"], training["gendl"]
     environment_info = results["environment"]
     sampling_rows = [
-        [f"book, T={temperature}", f"{book_sampling['chars_per_temperature']} chars",
-         f"{result['chars_per_second']:,.1f}", ""]
+        [
+            f"book, T={temperature}",
+            f"{book_sampling['chars_per_temperature']} chars",
+            f"{result['chars_per_second']:,.1f}",
+            "",
+        ]
         for temperature, result in book_sampling["per_temperature"].items()
     ]
     sampling_rows += [
-        ["book, all four", f"{4 * book_sampling['chars_per_temperature']} chars",
-         f"{book_sampling['chars_per_second']:,.1f}", "1x"],
-        ["gendl, four temperatures in one batch", f"{4 * gendl_sampling['chars_per_temperature']} chars",
-         f"{gendl_sampling['chars_per_second']:,.0f}", f"**{ratio['sampling_speedup']:,.0f}x** {verdict('sampling_speedup', ratio)}"],
-        ["gendl, one temperature at a time", f"{4 * gendl_sampling['chars_per_temperature']} chars",
-         f"{gendl_sampling['one_at_a_time_chars_per_second']:,.0f}", f"{ratio['sampling_speedup_one_at_a_time']:,.0f}x"],
-        ["gendl, first call (tracing included)", f"{4 * gendl_sampling['chars_per_temperature']} chars",
-         f"{gendl_sampling['first_call_chars_per_second']:,.0f}",
-         f"{gendl_sampling['first_call_chars_per_second'] / book_sampling['chars_per_second']:,.0f}x "
-         f"({gendl_sampling['first_call_seconds']:.2f} s)"],
+        [
+            "book, all four",
+            f"{4 * book_sampling['chars_per_temperature']} chars",
+            f"{book_sampling['chars_per_second']:,.1f}",
+            "1x",
+        ],
+        [
+            "gendl, four temperatures in one batch",
+            f"{4 * gendl_sampling['chars_per_temperature']} chars",
+            f"{gendl_sampling['chars_per_second']:,.0f}",
+            f"**{ratio['sampling_speedup']:,.0f}x** {verdict('sampling_speedup', ratio)}",
+        ],
+        [
+            "gendl, one temperature at a time",
+            f"{4 * gendl_sampling['chars_per_temperature']} chars",
+            f"{gendl_sampling['one_at_a_time_chars_per_second']:,.0f}",
+            f"{ratio['sampling_speedup_one_at_a_time']:,.0f}x",
+        ],
+        [
+            "gendl, first call (tracing included)",
+            f"{4 * gendl_sampling['chars_per_temperature']} chars",
+            f"{gendl_sampling['first_call_chars_per_second']:,.0f}",
+            f"{gendl_sampling['first_call_chars_per_second'] / book_sampling['chars_per_second']:,.0f}x "
+            f"({gendl_sampling['first_call_seconds']:.2f} s)",
+        ],
     ]
     memory_rows = [
-        ["book: one-hot x + y (bool)", f"{book_train['total_sequences']:,} sequences", mib(book_train["data_bytes"]),
-         f"{book_train['data_seconds']:.1f} s", "1x"],
-        ["gendl: train + validation ids (uint8)", "windows made per batch", mib(gendl_train["data_bytes"]),
-         f"{gendl_train['data_seconds']:.1f} s",
-         f"**{ratio['data_memory_reduction']:,.0f}x smaller** {verdict('data_memory_reduction', ratio)}"],
+        [
+            "book: one-hot x + y (bool)",
+            f"{book_train['total_sequences']:,} sequences",
+            mib(book_train["data_bytes"]),
+            f"{book_train['data_seconds']:.1f} s",
+            "1x",
+        ],
+        [
+            "gendl: train + validation ids (uint8)",
+            "windows made per batch",
+            mib(gendl_train["data_bytes"]),
+            f"{gendl_train['data_seconds']:.1f} s",
+            f"**{ratio['data_memory_reduction']:,.0f}x smaller** {verdict('data_memory_reduction', ratio)}",
+        ],
     ]
     training_rows = [
-        [name, f"{result['num_sequences']:,}",
-         throughput_per_run(result),
-         f"{result['sequences_per_cpu_second']:,.0f}", f"{result['first_batch_seconds']:.1f} s",
-         mib(result["rss_after_imports_bytes"]), mib(result["rss_after_data_bytes"]), mib(result["peak_rss_bytes"])]
-        for name, result in [("book: fit(x[:N], y[:N])", book_train), ("gendl: fit(sequence_dataset)", gendl_train)]
+        [
+            name,
+            f"{result['num_sequences']:,}",
+            throughput_per_run(result),
+            f"{result['sequences_per_cpu_second']:,.0f}",
+            f"{result['first_batch_seconds']:.1f} s",
+            mib(result["rss_after_imports_bytes"]),
+            mib(result["rss_after_data_bytes"]),
+            mib(result["peak_rss_bytes"]),
+        ]
+        for name, result in [
+            ("book: fit(x[:N], y[:N])", book_train),
+            ("gendl: fit(sequence_dataset)", gendl_train),
+        ]
     ]
-    training_rows.append([
-        "gendl / book", "", f"**{ratio['training_speedup']:.3f}x** {verdict('training_speedup', ratio)}",
-        f"{ratio['training_cpu_efficiency']:.3f}x", "", "", "", f"{ratio['peak_rss_reduction']:.1f}x smaller",
-    ])
-    return "\n\n".join([
-        f"Text generation benchmark ({results['scale_name']} scale), {environment_info['date']}, "
-        f"{environment_info['cpu_count']} CPUs, TensorFlow {environment_info['tensorflow']}, "
-        f"Keras {environment_info['keras']}. Same weights in both models: next-character "
-        f"distributions differ by at most {sampling['max_prediction_difference']:.1e}.",
-        "Sampling speed\n\n" + markdown_table(["implementation", "generated", "chars/s", "gendl / book"], sampling_rows),
-        "Training data in memory\n\n"
-        + markdown_table(["implementation", "covers", "bytes", "build time", "gendl / book"], memory_rows),
-        f"Training, one epoch, batch {results['scale']['batch_size']}, {results['scale']['training_rounds']} "
-        "run(s) each (throughput from the end of batch 1: median, then each run)\n\n"
-        + markdown_table(
-            ["implementation", "sequences", "sequences/s", "sequences/CPU-s", "first batch", "RSS after imports",
-             "RSS after data", "peak RSS"],
-            training_rows,
-        ),
-    ])
+    training_rows.append(
+        [
+            "gendl / book",
+            "",
+            f"**{ratio['training_speedup']:.3f}x** {verdict('training_speedup', ratio)}",
+            f"{ratio['training_cpu_efficiency']:.3f}x",
+            "",
+            "",
+            "",
+            f"{ratio['peak_rss_reduction']:.1f}x smaller",
+        ]
+    )
+    return "\n\n".join(
+        [
+            f"Text generation benchmark ({results['scale_name']} scale), {environment_info['date']}, "
+            f"{environment_info['cpu_count']} CPUs, TensorFlow {environment_info['tensorflow']}, "
+            f"Keras {environment_info['keras']}. Same weights in both models: next-character "
+            f"distributions differ by at most {sampling['max_prediction_difference']:.1e}.",
+            "Sampling speed\n\n"
+            + markdown_table(["implementation", "generated", "chars/s", "gendl / book"], sampling_rows),
+            "Training data in memory\n\n"
+            + markdown_table(
+                ["implementation", "covers", "bytes", "build time", "gendl / book"], memory_rows
+            ),
+            f"Training, one epoch, batch {results['scale']['batch_size']}, {results['scale']['training_rounds']} "
+            "run(s) each (throughput from the end of batch 1: median, then each run)\n\n"
+            + markdown_table(
+                [
+                    "implementation",
+                    "sequences",
+                    "sequences/s",
+                    "sequences/CPU-s",
+                    "first batch",
+                    "RSS after imports",
+                    "RSS after data",
+                    "peak RSS",
+                ],
+                training_rows,
+            ),
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.text_generation", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.text_generation", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="a sanity run of about two minutes")
     args = parser.parse_args(argv)
     scale_name, scale = ("quick", QUICK) if args.quick else ("real", REAL)

@@ -54,7 +54,9 @@ class ThroughputAfterFirstBatch(keras.callbacks.Callback):
         }
 
 
-def book_training(corpus_path: str, max_chars: int, num_sequences: int, batch_size: int, seed: int) -> dict[str, Any]:
+def book_training(
+    corpus_path: str, max_chars: int, num_sequences: int, batch_size: int, seed: int
+) -> dict[str, Any]:
     """The book's data on the whole corpus, then `model.fit(x, y, batch_size, epochs=1)` on the first rows."""
     from benchmarks import book_text
 
@@ -65,7 +67,9 @@ def book_training(corpus_path: str, max_chars: int, num_sequences: int, batch_si
         text = book_text.read_text(corpus_path, max_chars)
         sentences, next_chars = book_text.extract_sequences(text)
         chars, char_indices = book_text.char_vocabulary(text)
-        return (sentences, next_chars, chars) + book_text.vectorize(sentences, next_chars, chars, char_indices)
+        return (sentences, next_chars, chars) + book_text.vectorize(
+            sentences, next_chars, chars, char_indices
+        )
 
     # The sentence lists stay alive through fit, as the book's module-level globals do.
     (sentences, next_chars, chars, x, y), data_seconds = timed(build_data)

@@ -1,6 +1,6 @@
 """The main job: every technique's flow, one after the other.
 
-    python -m flows.all --profile quick
+python -m flows.all --profile quick
 """
 
 from __future__ import annotations

@@ -19,10 +19,14 @@ KNOWN_SECTIONS = {"runtime", "tracking", "text"}
 
 def run_cli(flow_function: Callable[..., Any], validate: Callable[[dict], None]) -> int:
     parser = argparse.ArgumentParser(description=flow_function.__doc__.splitlines()[0])
-    parser.add_argument("--profile", help=f"params overlay from profiles/ ({', '.join(available_profiles(REPO_ROOT))})")
+    parser.add_argument(
+        "--profile", help=f"params overlay from profiles/ ({', '.join(available_profiles(REPO_ROOT))})"
+    )
     parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repo root (default: this checkout)")
     parser.add_argument(
-        "--schedule", metavar="CRON", help="serve the flow on this cron schedule (e.g. '0 3 * * 1') instead of running it once"
+        "--schedule",
+        metavar="CRON",
+        help="serve the flow on this cron schedule (e.g. '0 3 * * 1') instead of running it once",
     )
     args = parser.parse_args()
     root = args.root.resolve()

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 
+import mlflow
 from flows.cli import REPO_ROOT, run_cli
 from tasks import text, tracking
 from tasks.params import applied_profile, parse_section

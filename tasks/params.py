@@ -116,9 +116,7 @@ def check_sections(params: Mapping[str, Any], known: set[str]) -> None:
     """Reject top-level sections that no technique reads (typos would otherwise be ignored)."""
     for name in params:
         if name not in known:
-            raise ParamsError(
-                f"{PARAMS_FILE}: unknown section {name!r}{_did_you_mean(name, known)}"
-            )
+            raise ParamsError(f"{PARAMS_FILE}: unknown section {name!r}{_did_you_mean(name, known)}")
 
 
 @contextmanager

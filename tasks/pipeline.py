@@ -19,7 +19,6 @@ from prefect import get_run_logger, task
 
 from tasks.params import parse_yaml
 
-
 # TensorFlow's start-up lines (absl INFO/WARNING, CPU instruction notes): kept at debug level.
 _FRAMEWORK_NOISE = re.compile(
     r"^([IW]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|To enable the following instructions)"
@@ -110,7 +109,10 @@ def run_stage(name: str, root: Path) -> bool:
         if before:
             subprocess.run(
                 [sys.executable, "-m", "dvc", "checkout", "--force", name],
-                cwd=root, env=subprocess_env(), capture_output=True, check=False,
+                cwd=root,
+                env=subprocess_env(),
+                capture_output=True,
+                check=False,
             )
         errors = [line for line in lines if line.startswith(("error: ", "retryable error: "))]
         reason = errors[-1].split(": ", 1)[1] if errors else "\n".join(lines[-5:])

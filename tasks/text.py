@@ -201,9 +201,7 @@ def sequence_dataset(
         return tf.gather(corpus, positions), tf.gather(corpus, batch_starts + maxlen)
 
     return (
-        starts.batch(batch_size)
-        .map(windows, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
+        starts.batch(batch_size).map(windows, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     )
 
 
@@ -287,7 +285,10 @@ def make_generator(model: keras.Model, jit_compile: bool = False):
     def generate(seed_ids, temperatures, num_chars, rng_seed):
         batch = tf.shape(seed_ids)[0]
         states = [
-            [tf.zeros((batch, cell.units), cell.compute_dtype), tf.zeros((batch, cell.units), cell.compute_dtype)]
+            [
+                tf.zeros((batch, cell.units), cell.compute_dtype),
+                tf.zeros((batch, cell.units), cell.compute_dtype),
+            ]
             for cell in cells
         ]
         probs = tf.zeros((batch, vocab_size), tf.float32)
@@ -452,7 +453,9 @@ class StopOnNaN(keras.callbacks.Callback):
 class EpochSamples(keras.callbacks.Callback):
     """The book's per-epoch sampling loop: generate at a few temperatures after each epoch."""
 
-    def __init__(self, vocabulary: Vocabulary, seed_text: str, temperatures, num_chars: int, jit_compile: bool):
+    def __init__(
+        self, vocabulary: Vocabulary, seed_text: str, temperatures, num_chars: int, jit_compile: bool
+    ):
         super().__init__()
         self.vocabulary, self.seed_text = vocabulary, seed_text
         self.temperatures, self.num_chars, self.jit_compile = list(temperatures), num_chars, jit_compile
@@ -468,7 +471,12 @@ class EpochSamples(keras.callbacks.Callback):
             self.generator, self.vocabulary, self.seed_text, self.temperatures, self.num_chars, epoch
         ):
             self.records.append(
-                {"epoch": epoch + 1, "temperature": sample.temperature, "text": sample.text, "entropy_bits": sample.entropy_bits}
+                {
+                    "epoch": epoch + 1,
+                    "temperature": sample.temperature,
+                    "text": sample.text,
+                    "entropy_bits": sample.entropy_bits,
+                }
             )
             log.info("epoch %d, temperature %.2f: %r", epoch + 1, sample.temperature, sample.text[:100])
 
@@ -491,7 +499,11 @@ class Progress(keras.callbacks.Callback):
             self.last_report = now
             log.info(
                 "epoch %d/%d step %d/%d loss %.4f",
-                self.epoch + 1, self.epochs, batch + 1, self.steps_per_epoch, float(logs.get("loss", math.nan)),
+                self.epoch + 1,
+                self.epochs,
+                batch + 1,
+                self.steps_per_epoch,
+                float(logs.get("loss", math.nan)),
             )
 
     def on_epoch_end(self, epoch, logs=None):
@@ -499,7 +511,11 @@ class Progress(keras.callbacks.Callback):
         summary = " ".join(f"{key} {value:.4f}" for key, value in (logs or {}).items())
         log.info(
             "epoch %d/%d done in %.1f s (%.0f sequences/s): %s",
-            epoch + 1, self.epochs, seconds, self.steps_per_epoch * self.batch_size / seconds, summary,
+            epoch + 1,
+            self.epochs,
+            seconds,
+            self.steps_per_epoch * self.batch_size / seconds,
+            summary,
         )
 
 
@@ -582,7 +598,9 @@ def train(
     runtime: RuntimeParams,
 ) -> dict[str, float]:
     """Train the LSTM, checkpointing each good epoch; writes model, history and metrics."""
-    strategy = configure_runtime(runtime.seed, runtime.dtype_policy, runtime.memory_growth, runtime.distribute)
+    strategy = configure_runtime(
+        runtime.seed, runtime.dtype_policy, runtime.memory_growth, runtime.distribute
+    )
     vocabulary, train_ids, validation_ids = load_prepared(paths.prepared)
     global_batch = batch_size * strategy.num_replicas_in_sync
     train_data = sequence_dataset(train_ids, maxlen, step, global_batch, shuffle=True, seed=runtime.seed)
@@ -594,7 +612,10 @@ def train(
     num_train = num_sequences(len(train_ids), maxlen, step)
     log.info(
         "training on %d sequences (%d validation), vocabulary %d, %d epochs",
-        num_train, num_sequences(len(validation_ids), maxlen, step), vocabulary.size, epochs,
+        num_train,
+        num_sequences(len(validation_ids), maxlen, step),
+        vocabulary.size,
+        epochs,
     )
     with strategy.scope():
         model = build_char_lstm(vocabulary.size, units, num_layers, embedding_dim)
@@ -616,7 +637,12 @@ def train(
     ]
     started = time.perf_counter()
     history = model.fit(
-        train_data, validation_data=validation_data, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=0
+        train_data,
+        validation_data=validation_data,
+        epochs=epochs,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=0,
     )  # shuffle=False: the dataset reshuffles itself every epoch
     seconds = time.perf_counter() - started
 
@@ -662,7 +688,14 @@ def sample(
     results, metrics = [], {"chars_per_second": num_chars * len(generated) / seconds}
     for sample_ in generated:
         sample_metrics = {"entropy_bits": sample_.entropy_bits, **text_metrics(sample_.text, corpus_words)}
-        results.append({"temperature": sample_.temperature, "seed": seed_text, "text": sample_.text, "metrics": sample_metrics})
+        results.append(
+            {
+                "temperature": sample_.temperature,
+                "seed": seed_text,
+                "text": sample_.text,
+                "metrics": sample_metrics,
+            }
+        )
         metrics[f"temperature_{sample_.temperature:g}"] = sample_metrics
         log.info("temperature %g: %s", sample_.temperature, json.dumps(sample_metrics))
     paths.samples.mkdir(parents=True, exist_ok=True)
@@ -699,7 +732,10 @@ def log_training(run_id: str, paths: TextPaths) -> dict[str, float]:
         tracking.log_metric_rows(  # MLflow groups "epoch_samples/..." charts together
             run_id,
             [
-                {"epoch": r["epoch"], f"epoch_samples/temperature_{r['temperature']:g}/entropy_bits": r["entropy_bits"]}
+                {
+                    "epoch": r["epoch"],
+                    f"epoch_samples/temperature_{r['temperature']:g}/entropy_bits": r["entropy_bits"],
+                }
                 for r in epoch_samples
             ],
         )
@@ -745,7 +781,11 @@ def log_samples(parent_run_id: str, experiment_id: str, paths: TextPaths) -> lis
             nested=True,
         ) as child:
             mlflow.log_params(
-                {"temperature": result["temperature"], "num_chars": len(result["text"]), "seed_text": result["seed"][:500]}
+                {
+                    "temperature": result["temperature"],
+                    "num_chars": len(result["text"]),
+                    "seed_text": result["seed"][:500],
+                }
             )
             mlflow.log_metrics(result["metrics"])
             mlflow.log_text(result["seed"] + result["text"], "sample.txt")
@@ -775,8 +815,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             prepare(paths, text.data.maxlen, text.data.validation_split, text.data.max_chars)
         elif args.step == "train":
             train(
-                paths, text.data.maxlen, text.data.step, **text.model.model_dump(),
-                **text.train.model_dump(), runtime=runtime,
+                paths,
+                text.data.maxlen,
+                text.data.step,
+                **text.model.model_dump(),
+                **text.train.model_dump(),
+                runtime=runtime,
             )
         else:
             sample(paths, **text.sample.model_dump(), maxlen=text.data.maxlen, runtime=runtime)

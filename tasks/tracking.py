@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pydantic
 from mlflow.entities import Metric, Param, RunTag
 
+import mlflow
 from tasks.params import Params, parse_yaml
 
 DEFAULT_STORE_DIR = "mlflow"  # under the repo root: mlflow.db and artifacts/
@@ -137,9 +137,7 @@ def git_tags(root: Path) -> dict[str, str]:
     """Commit and dirty state of the repo, so a run can be traced back to its code."""
 
     def git(*args: str) -> str:
-        result = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=False
-        )
+        result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
         return result.stdout.strip() if result.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD")

@@ -42,7 +42,10 @@ def make_repo_copy(destination: Path, corpus_text: str = TINY_TEXT * 14) -> Path
     """A git repo holding this project's files, tiny params and a tiny local corpus."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     for name in files:
         if name == "dvc.lock" or not (REPO_ROOT / name).is_file():

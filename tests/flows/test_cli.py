@@ -11,7 +11,10 @@ from tests.flows.conftest import make_repo_copy
 def run_flow_cli(root, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "flows.text", "--root", str(root), *args],
-        cwd=root, capture_output=True, text=True, timeout=120,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -34,4 +37,8 @@ def test_ill_typed_value_and_unknown_profile_are_reported(tmp_path):
     (root / "params.yaml").write_text(params)
     assert "text.train.batch_size: Input should be a valid integer, got '32'" in run_flow_cli(root).stderr
     unknown = run_flow_cli(root, "--profile", "quik")
-    assert unknown.returncode == 2 and "unknown profile 'quik'" in unknown.stderr and "available: quick" in unknown.stderr
+    assert (
+        unknown.returncode == 2
+        and "unknown profile 'quik'" in unknown.stderr
+        and "available: quick" in unknown.stderr
+    )

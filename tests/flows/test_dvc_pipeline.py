@@ -67,7 +67,12 @@ def test_dvc_repro_and_exp_run_reproduce_the_pipeline_without_prefect(repo_copy)
     assert repro.returncode == 0, repro.stdout + repro.stderr
     assert json.loads(dvc(repo_copy, "status", "--json").stdout) == {}
     samples = sorted(p.name for p in (repo_copy / "outputs/text/samples").glob("temperature_*.txt"))
-    assert samples == ["temperature_0.2.txt", "temperature_0.5.txt", "temperature_1.2.txt", "temperature_1.txt"]
+    assert samples == [
+        "temperature_0.2.txt",
+        "temperature_0.5.txt",
+        "temperature_1.2.txt",
+        "temperature_1.txt",
+    ]
     model_md5 = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]["text_train"]["outs"][0]["md5"]
 
     # A sweep over a sampling knob re-runs sampling only, and keeps params.yaml in sync with it.

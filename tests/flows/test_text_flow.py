@@ -7,11 +7,11 @@ import json
 import uuid
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 import yaml
 
+import mlflow
 from flows.text import text_generation
 from tasks.pipeline import StageFailed
 from tests.flows.conftest import dvc, make_repo_copy, write_params
@@ -105,7 +105,9 @@ def test_one_child_run_per_temperature_with_text_and_metrics(flow_run):
     for child in children:
         assert child.info.status == "FINISHED"
         metrics = child.data.metrics
-        assert {"entropy_bits", "corpus_word_share", "distinct_1", "distinct_2", "repetition_rate"} <= set(metrics)
+        assert {"entropy_bits", "corpus_word_share", "distinct_1", "distinct_2", "repetition_rate"} <= set(
+            metrics
+        )
         assert 0.0 <= metrics["corpus_word_share"] <= 1.0
         sample_path = client.download_artifacts(child.info.run_id, "sample.txt")
         text = Path(sample_path).read_text(encoding="utf-8")
@@ -131,9 +133,9 @@ def test_rerun_skips_up_to_date_stages_and_sampling_change_reruns_only_sampling(
     again = text_generation(root=root)
     assert again["stages_run"] == []
     assert again["run_id"] != first["run_id"]
-    assert mlflow.MlflowClient().get_run(again["run_id"]).data.metrics["train.best_val_loss"] == pytest.approx(
-        first["train_metrics"]["best_val_loss"]
-    )
+    assert mlflow.MlflowClient().get_run(again["run_id"]).data.metrics[
+        "train.best_val_loss"
+    ] == pytest.approx(first["train_metrics"]["best_val_loss"])
 
     params = params_of(root)
     params["text"]["sample"]["temperatures"] = [0.3, 0.9]

@@ -9,9 +9,9 @@ import time
 import uuid
 from pathlib import Path
 
-import mlflow
 import pytest
 
+import mlflow
 from tasks import data, tracking
 from tasks.params import load_params
 
@@ -27,7 +27,7 @@ def sha256_hex(content: bytes) -> str:
 def source(tmp_path) -> Path:
     path = tmp_path / "source" / "nietzsche corpus.txt"  # a space: percent-encoded in its file:// URL
     path.parent.mkdir()
-    path.write_bytes("the will to power\nwhat is good?\n".encode() * 50)
+    path.write_bytes(b"the will to power\nwhat is good?\n" * 50)
     return path
 
 
@@ -146,7 +146,9 @@ def sqlite_uri(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def test_default_tracking_uri_is_an_absolute_sqlite_store_under_the_root(tmp_path, monkeypatch, no_tracking_env):
+def test_default_tracking_uri_is_an_absolute_sqlite_store_under_the_root(
+    tmp_path, monkeypatch, no_tracking_env
+):
     monkeypatch.chdir(tmp_path)
 
     uri = tracking.resolve_tracking_uri("", Path("repo"))
@@ -199,7 +201,11 @@ def test_experiment_name(monkeypatch, no_tracking_env):
 def test_flatten():
     params = {"text": {"train": {"epochs": 3, "temperatures": [0.2, 0.5]}, "sample": {}}, "seed": 1}
 
-    assert tracking.flatten(params) == {"text.train.epochs": "3", "text.train.temperatures": "[0.2, 0.5]", "seed": "1"}
+    assert tracking.flatten(params) == {
+        "text.train.epochs": "3",
+        "text.train.temperatures": "[0.2, 0.5]",
+        "seed": "1",
+    }
 
 
 # --- A temporary SQLite store ------------------------------------------------------------------
@@ -247,7 +253,9 @@ def test_log_metric_rows_logs_one_step_per_row_and_skips_non_finite_values(run_i
     client = mlflow.MlflowClient()
     history = sorted((metric.step, metric.value) for metric in client.get_metric_history(run_id, "loss"))
     assert history == [(1, 2.0), (2, 1.5)]
-    assert [(metric.step, metric.value) for metric in client.get_metric_history(run_id, "val_loss")] == [(1, 2.5)]
+    assert [(metric.step, metric.value) for metric in client.get_metric_history(run_id, "val_loss")] == [
+        (1, 2.5)
+    ]
     assert "epoch" not in client.get_run(run_id).data.metrics
 
 
@@ -255,7 +263,9 @@ def test_log_metrics_at_a_step(run_id):
     tracking.log_metrics(run_id, {"best_val_loss": 1.25, "diverged_loss": math.inf}, step=3)
 
     client = mlflow.MlflowClient()
-    assert [(metric.step, metric.value) for metric in client.get_metric_history(run_id, "best_val_loss")] == [(3, 1.25)]
+    assert [(metric.step, metric.value) for metric in client.get_metric_history(run_id, "best_val_loss")] == [
+        (3, 1.25)
+    ]
     assert "diverged_loss" not in client.get_run(run_id).data.metrics
 
 

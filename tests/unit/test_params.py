@@ -223,7 +223,10 @@ def test_unknown_profile_lists_the_available_ones(repo_copy):
 
 
 def test_overlay_deep_merges_without_mutating_its_inputs():
-    base = {"text": {"train": {"epochs": 60, "temperatures": [0.2, 0.5]}, "sample": {"num_chars": 400}}, "seed": 1}
+    base = {
+        "text": {"train": {"epochs": 60, "temperatures": [0.2, 0.5]}, "sample": {"num_chars": 400}},
+        "seed": 1,
+    }
     patch = {"text": {"train": {"epochs": 3}}, "seed": 2}
     base_before, patch_before = copy.deepcopy(base), copy.deepcopy(patch)
 

@@ -231,7 +231,14 @@ def test_prepare_truncates_to_max_chars(tmp_path, tiny_corpus):
 
 
 def test_words_are_lower_case_letter_runs_with_apostrophes():
-    assert text.words("The dog's bone, 42 CATS! well-known") == ["the", "dog's", "bone", "cats", "well", "known"]
+    assert text.words("The dog's bone, 42 CATS! well-known") == [
+        "the",
+        "dog's",
+        "bone",
+        "cats",
+        "well",
+        "known",
+    ]
 
 
 def test_distinct_n_on_an_alternating_text():

@@ -42,7 +42,9 @@ def test_reweight_distribution_matches_the_book(temperature):
 
     reweighted = as_numpy(text.reweight_distribution(probs, temperature))
 
-    np.testing.assert_allclose(reweighted, book_reweight_distribution(probs, temperature), rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        reweighted, book_reweight_distribution(probs, temperature), rtol=2e-5, atol=1e-7
+    )
     np.testing.assert_allclose(reweighted.sum(axis=-1), 1.0, rtol=1e-6)
 
 
@@ -183,7 +185,9 @@ def test_each_row_samples_from_the_distribution_reweighted_at_its_own_temperatur
     num_chars = 3000
     seed_ids = np.zeros((len(temperatures), 1), np.int32)
 
-    ids, _, entropies = run(text.make_generator(fixed_distribution_model(probs)), seed_ids, temperatures, num_chars)
+    ids, _, entropies = run(
+        text.make_generator(fixed_distribution_model(probs)), seed_ids, temperatures, num_chars
+    )
 
     for row, temperature in enumerate(temperatures):
         expected = book_reweight_distribution(probs, temperature)
@@ -219,7 +223,9 @@ def greedy_path(model: keras.Model, seed_ids: np.ndarray, num_chars: int) -> tup
 
 def test_near_zero_temperature_decodes_greedily(vocabulary, peaked_model):
     seed_text, num_chars = "the will to ", 12
-    expected, smallest_gap = greedy_path(peaked_model, vocabulary.encode(seed_text)[None].astype(np.int32), num_chars)
+    expected, smallest_gap = greedy_path(
+        peaked_model, vocabulary.encode(seed_text)[None].astype(np.int32), num_chars
+    )
     # At T=0.01 a runner-up this far behind has probability below exp(-gap / 0.01) = exp(-10).
     assert smallest_gap > 0.1, "the test model is too flat to have a unique greedy path"
 

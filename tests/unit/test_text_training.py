@@ -17,7 +17,9 @@ from keras import ops
 from tasks import text
 from tasks.runtime import RuntimeParams, choose_strategy, configure_runtime
 
-RUNTIME = RuntimeParams(seed=1, dtype_policy="float32", jit_compile=False, memory_growth=True, distribute="auto")
+RUNTIME = RuntimeParams(
+    seed=1, dtype_policy="float32", jit_compile=False, memory_growth=True, distribute="auto"
+)
 MAXLEN, STEP, BATCH_SIZE = 10, 2, 32
 
 
@@ -29,11 +31,23 @@ def prepare_tiny(root: Path, corpus: Path, max_chars: int = 0) -> text.TextPaths
     return paths
 
 
-def train_tiny(paths: text.TextPaths, epochs: int, temperatures: list[float], epoch_sample_chars: int = 20) -> dict:
+def train_tiny(
+    paths: text.TextPaths, epochs: int, temperatures: list[float], epoch_sample_chars: int = 20
+) -> dict:
     return text.train(
-        paths, MAXLEN, STEP, units=16, num_layers=1, embedding_dim=0, epochs=epochs, batch_size=BATCH_SIZE,
-        learning_rate=0.01, clipnorm=0.0, epoch_sample_chars=epoch_sample_chars,
-        epoch_sample_temperatures=temperatures, runtime=RUNTIME,
+        paths,
+        MAXLEN,
+        STEP,
+        units=16,
+        num_layers=1,
+        embedding_dim=0,
+        epochs=epochs,
+        batch_size=BATCH_SIZE,
+        learning_rate=0.01,
+        clipnorm=0.0,
+        epoch_sample_chars=epoch_sample_chars,
+        epoch_sample_temperatures=temperatures,
+        runtime=RUNTIME,
     )
 
 
@@ -64,7 +78,9 @@ def test_train_smoke(tmp_path, tiny_corpus):
     assert history[-1]["loss"] < history[0]["loss"]
     assert history[0]["bits_per_char"] == pytest.approx(history[0]["loss"] / math.log(2), rel=1e-5)
     model = keras.models.load_model(paths.model)
-    assert model.output_shape[-1] == len(json.loads((paths.prepared / "vocabulary.json").read_text())["chars"])
+    assert model.output_shape[-1] == len(
+        json.loads((paths.prepared / "vocabulary.json").read_text())["chars"]
+    )
     assert all_finite(model.get_weights())
     assert math.isfinite(metrics["best_val_loss"])
     assert metrics["best_val_loss"] == min(row["val_loss"] for row in history)
@@ -103,7 +119,9 @@ def steps_per_epoch(paths: text.TextPaths) -> int:
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_epoch(tmp_path, tiny_corpus, monkeypatch):
     paths = prepare_tiny(tmp_path, tiny_corpus)
-    monkeypatch.setattr(text, "compile_model", compile_to_diverge_at(steps_per_epoch(paths) + 3))  # in epoch 2
+    monkeypatch.setattr(
+        text, "compile_model", compile_to_diverge_at(steps_per_epoch(paths) + 3)
+    )  # in epoch 2
     checkpoints, save_model = [], text.save_model_atomically
 
     def save_and_remember(model, path):
@@ -142,7 +160,9 @@ def test_stop_on_nan_restores_the_last_good_weights_in_memory(tmp_path):
     assert (guard.last_good_epoch, guard.diverged_at_epoch) == (1, 2)
     restored = model.get_weights()
     assert all_finite(restored)
-    for weight, saved in zip(restored, keras.models.load_model(tmp_path / "model.keras", compile=False).get_weights()):
+    for weight, saved in zip(
+        restored, keras.models.load_model(tmp_path / "model.keras", compile=False).get_weights()
+    ):
         np.testing.assert_array_equal(weight, saved)
 
 
@@ -171,7 +191,9 @@ def trained_paths(tmp_path_factory, nietzsche_path) -> text.TextPaths:
 def test_sample_writes_one_text_per_temperature(trained_paths):
     temperatures, num_chars = [0.2, 0.5, 1.0, 1.2], 120
 
-    results = text.sample(trained_paths, temperatures, num_chars, seed_text="", maxlen=MAXLEN, runtime=RUNTIME)
+    results = text.sample(
+        trained_paths, temperatures, num_chars, seed_text="", maxlen=MAXLEN, runtime=RUNTIME
+    )
 
     assert [result["temperature"] for result in results] == temperatures
     seed_text = results[0]["seed"]
@@ -179,7 +201,9 @@ def test_sample_writes_one_text_per_temperature(trained_paths):
     for result in results:
         assert result["seed"] == seed_text
         assert len(result["text"]) == num_chars
-        written = (trained_paths.samples / f"temperature_{result['temperature']:g}.txt").read_text(encoding="utf-8")
+        written = (trained_paths.samples / f"temperature_{result['temperature']:g}.txt").read_text(
+            encoding="utf-8"
+        )
         assert written == seed_text + result["text"] + "\n"
     metrics = json.loads(trained_paths.sample_metrics.read_text())
     entropies = [metrics[f"temperature_{temperature:g}"]["entropy_bits"] for temperature in temperatures]
@@ -193,7 +217,9 @@ def test_sample_lower_cases_the_seed_text(trained_paths):
     assert result["seed"] == "the "
 
 
-def test_sample_rejects_seed_characters_outside_the_vocabulary_before_loading_the_model(tmp_path, tiny_corpus):
+def test_sample_rejects_seed_characters_outside_the_vocabulary_before_loading_the_model(
+    tmp_path, tiny_corpus
+):
     paths = prepare_tiny(tmp_path, tiny_corpus)  # no model: loading it would fail differently
 
     with pytest.raises(text.TextError, match="outside the corpus vocabulary") as error:
@@ -255,7 +281,11 @@ def test_configure_runtime_sets_a_named_policy(restore_float32_policy):
 
 def test_configure_runtime_seeds_everything():
     def draws():
-        return np.random.rand(), float(keras.random.uniform(())), text.build_char_lstm(5, units=8).get_weights()
+        return (
+            np.random.rand(),
+            float(keras.random.uniform(())),
+            text.build_char_lstm(5, units=8).get_weights(),
+        )
 
     configure_runtime(7)
     first = draws()
