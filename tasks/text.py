@@ -648,7 +648,7 @@ def train(
 
     write_json(paths.epoch_samples, epoch_samples.records if epoch_samples else [])
     monitored = "val_loss" if validation_data is not None else "loss"
-    losses = [value for value in history.history[monitored][: nan_guard.last_good_epoch]]
+    losses = history.history[monitored][: nan_guard.last_good_epoch]
     best_epoch = int(np.argmin(losses))
     metrics = {
         "best_epoch": best_epoch + 1,
@@ -686,18 +686,21 @@ def sample(
 
     corpus_words = set(words(vocabulary.decode(np.concatenate([train_ids, validation_ids]))))
     results, metrics = [], {"chars_per_second": num_chars * len(generated) / seconds}
-    for sample_ in generated:
-        sample_metrics = {"entropy_bits": sample_.entropy_bits, **text_metrics(sample_.text, corpus_words)}
+    for generation in generated:
+        generation_metrics = {
+            "entropy_bits": generation.entropy_bits,
+            **text_metrics(generation.text, corpus_words),
+        }
         results.append(
             {
-                "temperature": sample_.temperature,
+                "temperature": generation.temperature,
                 "seed": seed_text,
-                "text": sample_.text,
-                "metrics": sample_metrics,
+                "text": generation.text,
+                "metrics": generation_metrics,
             }
         )
-        metrics[f"temperature_{sample_.temperature:g}"] = sample_metrics
-        log.info("temperature %g: %s", sample_.temperature, json.dumps(sample_metrics))
+        metrics[f"temperature_{generation.temperature:g}"] = generation_metrics
+        log.info("temperature %g: %s", generation.temperature, json.dumps(generation_metrics))
     paths.samples.mkdir(parents=True, exist_ok=True)
     for result in results:
         (paths.samples / f"temperature_{result['temperature']:g}.txt").write_text(
