@@ -10,12 +10,13 @@ from typing import Any
 
 from prefect import flow
 
-from flows import text
+from flows import deepdream, text
 from flows.cli import REPO_ROOT, run_cli
 
 
 def validate(params: dict[str, Any]) -> None:
     text.validate(params)
+    deepdream.validate(params)
 
 
 @flow(name="gendl")
@@ -26,7 +27,10 @@ def all_techniques(profile: str | None = None, root: Path = REPO_ROOT) -> dict[s
         profile: name of a params overlay in profiles/ (e.g. "quick"); None = params.yaml as is.
         root: repo root holding params.yaml and dvc.yaml.
     """
-    return {"text": text.text_generation(profile=profile, root=root)}
+    return {
+        "text": text.text_generation(profile=profile, root=root),
+        "deepdream": deepdream.deepdream_flow(profile=profile, root=root),
+    }
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, runtime, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-import mlflow
 from flows.cli import REPO_ROOT, run_cli
+from flows.technique_run import technique_run
 from tasks import text, tracking
-from tasks.params import applied_profile, parse_section
-from tasks.pipeline import load_stages, run_stage
+from tasks.params import parse_section
 from tasks.runtime import RuntimeParams
 
 log_training = task(text.log_training, name="log-training")
@@ -41,58 +40,26 @@ def text_generation(profile: str | None = None, root: Path = REPO_ROOT) -> dict[
     Returns:
         The MLflow run ids and the training and sampling results.
     """
-    logger = get_run_logger()
     root = Path(root).resolve()
     paths = text.TextPaths().under(root)
-    with applied_profile(root, profile) as params:
-        validate(params)
-        settings = parse_section(params, "tracking", tracking.TrackingParams)
-        tracking_uri = tracking.resolve_tracking_uri(settings.uri, root)
-        experiment_id = tracking.setup_experiment(
-            tracking_uri, tracking.experiment_name(settings.experiment_prefix, text.TECHNIQUE)
-        )
-        stages = load_stages(root, prefix=f"{text.TECHNIQUE}_")
-        with mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=f"text {runtime.flow_run.name or ''}".strip(),
-            tags={
-                "technique": text.TECHNIQUE,
-                "profile": profile or "default",
-                "prefect.flow_run_id": str(runtime.flow_run.id or ""),
-                **tracking.git_tags(root),
-            },
-        ) as parent:
-            run_id = parent.info.run_id
-            logger.info("MLflow run %s in experiment %s (%s)", run_id, experiment_id, tracking_uri)
-            tracking.log_params(run_id, {"text": params["text"], "runtime": params["runtime"]})
-            stages_run, child_run_ids, train_metrics = [], [], {}
-            for stage in stages:
-                run = run_stage.with_options(
-                    name=f"dvc:{stage.name}", retries=stage.retries, retry_delay_seconds=3
-                )
-                if run(stage.name, root):
-                    stages_run.append(stage.name)
-                if stage.name == "text_train":
-                    train_metrics = log_training(run_id, paths)
-                elif stage.name == "text_sample":
-                    child_run_ids = log_samples(run_id, experiment_id, paths)
-            tracking.set_tags(
-                run_id,
-                {
-                    "dvc.stages_run": ",".join(stages_run) or "none (all up to date)",
-                    **tracking.dvc_lock_tags(root, [stage.name for stage in stages]),
-                },
-            )
-    summary = summarize(paths, train_metrics, run_id, tracking_uri)
-    logger.info(summary)
+    child_run_ids, train_metrics = [], {}
+    with technique_run(text.TECHNIQUE, profile, root, validate) as run:
+        for stage in run.stages:
+            run.run_stage(stage)
+            if stage.name == "text_train":
+                train_metrics = log_training(run.run_id, paths)
+            elif stage.name == "text_sample":
+                child_run_ids = log_samples(run.run_id, run.experiment_id, paths)
+    summary = summarize(paths, train_metrics, run.run_id, run.tracking_uri)
+    get_run_logger().info(summary)
     create_markdown_artifact(summary, key="text-generation-summary", description="Text generation results")
     return {
-        "run_id": run_id,
-        "experiment_id": experiment_id,
+        "run_id": run.run_id,
+        "experiment_id": run.experiment_id,
         "child_run_ids": child_run_ids,
-        "stages_run": stages_run,
+        "stages_run": run.stages_run,
         "train_metrics": train_metrics,
-        "tracking_uri": tracking_uri,
+        "tracking_uri": run.tracking_uri,
     }
 
 

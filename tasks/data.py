@@ -9,6 +9,8 @@ import socket
 import tempfile
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -35,8 +37,9 @@ def sha256_of(path: Path) -> str:
 def fetch(url: str, destination: Path, sha256: str = "") -> Path:
     """Fetch `url` (or copy a local path / file:// URL) into `destination`.
 
-    Remote files go through the Keras cache (`$KERAS_HOME/datasets`): a cached copy is used when present (and verified when `sha256` is given), so offline
-    machines work with a filled cache. The destination is replaced atomically: an interrupted
+    Remote files go through the Keras cache (`$KERAS_HOME/datasets`): a cached copy is used
+    when present (and verified when `sha256` is given), so offline machines work with a filled
+    cache. The destination is replaced atomically: an interrupted
     fetch never leaves a half-written file behind.
     """
     parts = urllib.parse.urlsplit(url)
@@ -45,10 +48,7 @@ def fetch(url: str, destination: Path, sha256: str = "") -> Path:
         if not source.is_file():
             raise DownloadError(f"{url}: no such file")
     else:
-        filename = Path(parts.path).name
-        if not filename:
-            raise DownloadError(f"cannot tell a file name from the URL {url!r}")
-        source = _cached_copy(url, filename, sha256)
+        source = cached_download(url, sha256)
     if sha256 and (actual := sha256_of(source)) != sha256:
         raise DownloadError(f"{source} has sha256 {actual}, expected {sha256}")
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,11 @@ def fetch(url: str, destination: Path, sha256: str = "") -> Path:
     return destination
 
 
-def _cached_copy(url: str, filename: str, sha256: str) -> Path:
+def cached_download(url: str, sha256: str = "") -> Path:
+    """The Keras-cache copy of `url` (`$KERAS_HOME/datasets/<file name>`), downloaded if missing."""
+    filename = Path(urllib.parse.urlsplit(url).path).name
+    if not filename:
+        raise DownloadError(f"cannot tell a file name from the URL {url!r}")
     cache = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
     cached = cache / filename
     # get_file would re-download a mismatching copy and delete it when that fails (offline):
@@ -69,10 +73,9 @@ def _cached_copy(url: str, filename: str, sha256: str) -> Path:
             f"{cached} has sha256 {actual}, expected {sha256}: fix the expected hash in "
             "params.yaml, or delete the file to download it again"
         )
-    previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)  # urlretrieve has no timeout of its own
     try:
-        return Path(keras.utils.get_file(filename, origin=url, file_hash=sha256 or None))
+        with network_timeout():
+            return Path(keras.utils.get_file(filename, origin=url, file_hash=sha256 or None))
     # get_file re-raises URL and HTTP failures as bare `Exception`, so nothing narrower catches them.
     except Exception as error:
         raise DownloadError(
@@ -81,5 +84,14 @@ def _cached_copy(url: str, filename: str, sha256: str) -> Path:
             f'export KERAS_HOME="$(mktemp -d)" && cp -r ../shared/keras-home/. "$KERAS_HOME"',
             retryable=True,
         ) from None
+
+
+@contextmanager
+def network_timeout(seconds: float = DOWNLOAD_TIMEOUT_SECONDS) -> Iterator[None]:
+    """Keras downloads use urlretrieve, which has no timeout of its own: never hang offline."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
     finally:
-        socket.setdefaulttimeout(previous_timeout)
+        socket.setdefaulttimeout(previous)

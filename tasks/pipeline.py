@@ -21,7 +21,8 @@ from tasks.params import parse_yaml
 
 # TensorFlow's start-up lines (absl INFO/WARNING, CPU instruction notes): kept at debug level.
 _FRAMEWORK_NOISE = re.compile(
-    r"^([IW]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|To enable the following instructions)"
+    r"^([IW]\d{4} \d\d:\d\d:\d\d|E\d{4} .*cuInit|WARNING: All log messages before absl"
+    r"|To enable the following instructions)"
 )
 
 

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pydantic
 from mlflow.entities import Metric, Param, RunTag
 
-import mlflow
 from tasks.params import Params, parse_yaml
 
 DEFAULT_STORE_DIR = "mlflow"  # under the repo root: mlflow.db and artifacts/

@@ -7,11 +7,11 @@ import json
 import uuid
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import yaml
 
-import mlflow
 from flows.text import text_generation
 from tasks.pipeline import StageFailed
 from tests.flows.conftest import dvc, make_repo_copy, write_params

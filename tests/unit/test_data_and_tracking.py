@@ -9,9 +9,9 @@ import time
 import uuid
 from pathlib import Path
 
+import mlflow
 import pytest
 
-import mlflow
 from tasks import data, tracking
 from tasks.params import load_params
 

@@ -1,0 +1,76 @@
+"""DeepDream flow: image -> dream per layer setting, as dvc.yaml defines them, tracked in MLflow
+as one parent run (comparison grid) with one child run per layer setting.
+
+    python -m flows.deepdream [--profile quick]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows.cli import REPO_ROOT, run_cli
+from flows.technique_run import technique_run
+from tasks import deepdream, tracking
+from tasks.params import parse_section
+from tasks.runtime import RuntimeParams
+
+log_dreams = task(deepdream.log_dreams, name="log-dreams")
+
+
+def validate(params: dict[str, Any]) -> None:
+    """Fail before anything runs if the sections this flow reads are invalid."""
+    parse_section(params, "deepdream", deepdream.DeepDreamParams)
+    parse_section(params, "runtime", RuntimeParams)
+    parse_section(params, "tracking", tracking.TrackingParams)
+
+
+@flow(name="deepdream")
+def deepdream_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, Any]:
+    """Run the DeepDream stages through DVC and log every layer setting's dream to MLflow.
+
+    Args:
+        profile: name of a params overlay in profiles/ (e.g. "quick"); None = params.yaml as is.
+        root: repo root holding params.yaml and dvc.yaml.
+
+    Returns:
+        The MLflow run ids and the per-setting results.
+    """
+    root = Path(root).resolve()
+    paths = deepdream.DeepDreamPaths().under(root)
+    child_run_ids = []
+    with technique_run(deepdream.TECHNIQUE, profile, root, validate) as run:
+        for stage in run.stages:
+            run.run_stage(stage)
+            if stage.name == "deepdream_dream":
+                child_run_ids = log_dreams(run.run_id, run.experiment_id, paths)
+    metrics = json.loads(paths.metrics.read_text())
+    summary = "\n".join(
+        [
+            "## DeepDream",
+            f"- MLflow run `{run.run_id}` ({run.tracking_uri}); comparison grid `{paths.dreams / 'grid.png'}`",
+            *(
+                f"- `{name}`: loss {values['first_loss']:.3g} -> {values['final_loss']:.3g} in "
+                f"{values['steps']} steps, {values['seconds_per_octave']:.1f} s per octave"
+                for name, values in metrics.items()
+            ),
+        ]
+    )
+    get_run_logger().info(summary)
+    create_markdown_artifact(summary, key="deepdream-summary", description="DeepDream results")
+    return {
+        "run_id": run.run_id,
+        "experiment_id": run.experiment_id,
+        "child_run_ids": child_run_ids,
+        "stages_run": run.stages_run,
+        "metrics": metrics,
+        "tracking_uri": run.tracking_uri,
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(deepdream_flow, validate))

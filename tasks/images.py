@@ -1,0 +1,110 @@
+"""Images shared by the techniques: where they come from, reading them robustly, writing them
+atomically, and labelled comparison grids for MLflow."""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import urllib.parse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+
+from tasks import data
+
+# Photos that installed packages ship, for offline runs ("bundled:<name>").
+BUNDLED_IMAGES = {
+    "china": ("sklearn.datasets", "images/china.jpg"),
+    "flower": ("sklearn.datasets", "images/flower.jpg"),
+    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+}
+
+
+class ImageError(ValueError):
+    """An image source that cannot be read, or is not an image."""
+
+
+def resolve_source(source: str, sha256: str = "") -> Path:
+    """A local file for `source`: a path, a file:// or http(s) URL, or "bundled:<name>".
+
+    URLs are fetched through the Keras cache (so a filled cache works offline).
+    """
+    if source.startswith("bundled:"):
+        name = source.removeprefix("bundled:")
+        if name not in BUNDLED_IMAGES:
+            raise ImageError(
+                f"unknown bundled image {name!r} (available: {', '.join(sorted(BUNDLED_IMAGES))})"
+            )
+        package, resource = BUNDLED_IMAGES[name]
+        return Path(str(importlib.resources.files(package).joinpath(resource)))
+    parts = urllib.parse.urlsplit(source)
+    if parts.scheme in ("http", "https"):
+        return data.cached_download(source, sha256)
+    path = Path(urllib.parse.unquote(parts.path)) if parts.scheme == "file" else Path(source)
+    if not path.is_file():
+        raise ImageError(f"image {source} not found")
+    return path
+
+
+def read_image(path: Path, max_size: int = 0) -> np.ndarray:
+    """(height, width, 3) float32 RGB in [0, 255], from any mode (grayscale, palette, RGBA on
+    white), EXIF-rotated, downscaled so the longer side is at most `max_size` (0 = as is)."""
+    try:
+        with Image.open(path) as image:
+            if max_size:
+                image.draft("RGB", (max_size, max_size))  # JPEG: decode at reduced size, cheaply
+            image.load()  # decodes fully: truncated files fail here, not later
+            image = ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        raise ImageError(f"{path} is not a readable image: {error}") from None
+    if image.width == 0 or image.height == 0:
+        raise ImageError(f"{path} is an empty image ({image.width}x{image.height})")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    image = image.convert("RGB")
+    if max_size and max(image.size) > max_size:
+        image.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)  # keeps the aspect ratio
+    return np.asarray(image, dtype=np.float32)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def save_image(image: np.ndarray, path: Path) -> Path:
+    """Write a [0, 255] RGB array as PNG, atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.partial.png")
+    Image.fromarray(to_uint8(image)).save(temporary, format="PNG")
+    os.replace(temporary, path)
+    return path
+
+
+def labelled_grid(
+    images: Sequence[tuple[str, np.ndarray]], tile_height: int = 256, columns: int = 4
+) -> np.ndarray:
+    """One (H, W, 3) uint8 image: each input scaled to `tile_height`, its label underneath."""
+    label_height, margin = 18, 4
+    tiles = []
+    for label, image in images:
+        tile = Image.fromarray(to_uint8(image))
+        width = max(1, round(tile.width * tile_height / tile.height))
+        tiles.append((label, tile.resize((width, tile_height), Image.Resampling.LANCZOS)))
+    tile_width = max(tile.width for _, tile in tiles)
+    rows = -(-len(tiles) // columns)
+    columns = min(columns, len(tiles))
+    canvas = Image.new(
+        "RGB",
+        (columns * (tile_width + margin) + margin, rows * (tile_height + label_height + margin) + margin),
+        "white",
+    )
+    draw = ImageDraw.Draw(canvas)
+    for index, (label, tile) in enumerate(tiles):
+        left = margin + (index % columns) * (tile_width + margin)
+        top = margin + (index // columns) * (tile_height + label_height + margin)
+        canvas.paste(tile, (left, top))
+        draw.text((left + 2, top + tile_height + 3), label[:60], fill="black")
+    return np.asarray(canvas)
