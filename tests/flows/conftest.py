@@ -35,6 +35,23 @@ def tiny_params(corpus: Path) -> dict:
     params["text"]["model"].update(units=16)
     params["text"]["train"].update(epochs=2, batch_size=32, epoch_sample_chars=20)
     params["text"]["sample"].update(num_chars=60)
+    params["deepdream"].update(
+        image="bundled:china",
+        max_size=96,
+        backbone="hed_vgg16",
+        step=10.0,
+        num_octave=2,
+        iterations=3,
+        max_loss=0.0,
+        tile_size=64,
+        layer_settings=[{"block4_conv3": 1.0, "block5_conv1": 1.5}, {"block3_conv3": 1.0}],
+        random_settings={
+            "count": 1,
+            "pool": ["block3_conv3", "block4_conv1"],
+            "layers_per_setting": 1,
+            "seed": 3,
+        },
+    )
     return params
 
 

@@ -6,16 +6,21 @@ from __future__ import annotations
 import json
 import re
 
+import pydantic
 import pytest
 import yaml
 
 from flows.cli import KNOWN_SECTIONS
-from tasks import text
+from tasks import deepdream, text
 from tasks.pipeline import load_stages
 from tests.conftest import REPO_ROOT
 from tests.flows.conftest import dvc
 
 TEXT_STAGES = ["text_download", "text_prepare", "text_train", "text_sample"]
+STEPS = {  # technique -> (module the stages run, its CLI steps, its params model, its paths)
+    "text": ("tasks.text", {"download", "prepare", "train", "sample"}, text.TextParams, text.TextPaths),
+    "deepdream": ("tasks.deepdream", {"image", "dream"}, deepdream.DeepDreamParams, deepdream.DeepDreamPaths),
+}
 
 
 def dvc_yaml() -> dict:
@@ -28,36 +33,61 @@ def test_flow_builds_its_tasks_from_dvc_yaml_in_dependency_order():
     assert {stage.name: stage.retries for stage in stages}["text_download"] > 0
 
 
-def test_every_stage_command_is_a_step_the_cli_has():
-    steps = {"download", "prepare", "train", "sample"}
-    for name, stage in dvc_yaml()["stages"].items():
-        if name.startswith("text_"):
-            match = re.fullmatch(r"python -m tasks\.text (\w+)", stage["cmd"])
-            assert match and match.group(1) in steps, stage["cmd"]
+def test_flow_builds_deepdream_tasks_in_dependency_order():
+    stages = load_stages(REPO_ROOT, prefix="deepdream_")
+    assert [stage.name for stage in stages] == ["deepdream_image", "deepdream_dream"]
 
 
-def test_every_params_key_a_stage_lists_exists_and_every_knob_is_listed():
+@pytest.mark.parametrize("technique", sorted(STEPS))
+def test_every_stage_command_is_a_step_the_cli_has(technique):
+    module, steps, _, _ = STEPS[technique]
+    stages = {name: stage for name, stage in dvc_yaml()["stages"].items() if name.startswith(f"{technique}_")}
+    assert stages
+    for stage in stages.values():
+        match = re.fullmatch(rf"python -m {re.escape(module)} (\w+)", stage["cmd"])
+        assert match and match.group(1) in steps, stage["cmd"]
+
+
+def listed_params() -> set[str]:
+    return {key for stage in dvc_yaml()["stages"].values() for key in stage.get("params", [])}
+
+
+def test_every_params_key_a_stage_lists_exists():
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     assert set(params) <= KNOWN_SECTIONS
-    listed = {key for stage in dvc_yaml()["stages"].values() for key in stage.get("params", [])}
-    for key in listed:
+    for key in listed_params():
         node = params
         for part in key.split("."):
             assert part in node, f"dvc.yaml lists {key}, which params.yaml does not have"
             node = node[part]
-    # A text knob no stage lists would change nothing DVC sees: runs would not be reproducible.
-    for section, model in text.TextParams.model_fields.items():
-        for field in model.annotation.model_fields:
-            key = f"text.{section}.{field}"
-            assert key in listed or f"text.{section}" in listed, f"{key} is read but no stage lists it"
 
 
-def test_the_paths_the_flow_logs_are_declared_outputs_of_dvc_stages():
+def knobs(model, prefix: str):
+    """Dotted names of every leaf field of a params model ("text.train.epochs", ...)."""
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+            yield from knobs(annotation, f"{prefix}.{name}")
+        else:
+            yield f"{prefix}.{name}"
+
+
+@pytest.mark.parametrize("technique", sorted(STEPS))
+def test_every_knob_is_listed_by_a_stage(technique):
+    # A knob no stage lists would change nothing DVC sees: runs would not be reproducible.
+    listed = listed_params()
+    for knob in knobs(STEPS[technique][2], technique):
+        prefixes = [".".join(knob.split(".")[:depth]) for depth in range(1, knob.count(".") + 2)]
+        assert any(prefix in listed for prefix in prefixes), f"{knob} is read but no stage lists it"
+
+
+@pytest.mark.parametrize("technique", sorted(STEPS))
+def test_the_paths_the_flow_logs_are_declared_outputs_of_dvc_stages(technique):
     declared = set()
     for stage in dvc_yaml()["stages"].values():
         for kind in ("outs", "metrics", "plots"):
             declared |= {next(iter(item)) if isinstance(item, dict) else item for item in stage.get(kind, [])}
-    for path in vars(text.TextPaths()).values():
+    for path in vars(STEPS[technique][3]()).values():
         assert str(path) in declared, f"{path} is not an output of any stage in dvc.yaml"
 
 
