@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from tasks import data
 
@@ -87,7 +87,8 @@ def labelled_grid(
     images: Sequence[tuple[str, np.ndarray]], tile_height: int = 256, columns: int = 4
 ) -> np.ndarray:
     """One (H, W, 3) uint8 image: each input scaled to `tile_height`, its label underneath."""
-    label_height, margin = 18, 4
+    label_height, margin = 24, 4
+    font = ImageFont.load_default(size=16)
     tiles = []
     for label, image in images:
         tile = Image.fromarray(to_uint8(image))
@@ -106,5 +107,5 @@ def labelled_grid(
         left = margin + (index % columns) * (tile_width + margin)
         top = margin + (index // columns) * (tile_height + label_height + margin)
         canvas.paste(tile, (left, top))
-        draw.text((left + 2, top + tile_height + 3), label[:60], fill="black")
+        draw.text((left + 2, top + tile_height + 3), label[:60], fill="black", font=font)
     return np.asarray(canvas)
