@@ -88,7 +88,6 @@ def labelled_grid(
 ) -> np.ndarray:
     """One (H, W, 3) uint8 image: each input scaled to `tile_height`, its label underneath."""
     label_height, margin = 24, 4
-    font = ImageFont.load_default(size=16)
     tiles = []
     for label, image in images:
         tile = Image.fromarray(to_uint8(image))
@@ -107,5 +106,15 @@ def labelled_grid(
         left = margin + (index % columns) * (tile_width + margin)
         top = margin + (index // columns) * (tile_height + label_height + margin)
         canvas.paste(tile, (left, top))
-        draw.text((left + 2, top + tile_height + 3), label[:60], fill="black", font=font)
+        draw.text(
+            (left + 2, top + tile_height + 3), label, fill="black", font=_font_to_fit(draw, label, tile_width)
+        )
     return np.asarray(canvas)
+
+
+def _font_to_fit(draw: ImageDraw.ImageDraw, label: str, width: int) -> ImageFont.ImageFont:
+    for size in (16, 14, 12, 10, 8):
+        font = ImageFont.load_default(size=size)
+        if draw.textlength(label, font=font) <= width - 4:
+            break
+    return font
