@@ -49,14 +49,15 @@ def deepdream_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[s
             if stage.name == "deepdream_dream":
                 child_run_ids = log_dreams(run.run_id, run.experiment_id, paths)
     metrics = json.loads(paths.metrics.read_text())
+    settings = json.loads((paths.dreams / "results.json").read_text())["settings"]
     summary = "\n".join(
         [
             "## DeepDream",
             f"- MLflow run `{run.run_id}` ({run.tracking_uri}); comparison grid `{paths.dreams / 'grid.png'}`",
             *(
-                f"- `{name}`: loss {values['first_loss']:.3g} -> {values['final_loss']:.3g} in "
+                f"- `{setting['name']}`: loss {values['first_loss']:.3g} -> {values['final_loss']:.3g} in "
                 f"{values['steps']} steps, {values['seconds_per_octave']:.1f} s per octave"
-                for name, values in metrics.items()
+                for setting, values in zip(settings, metrics.values())
             ),
         ]
     )

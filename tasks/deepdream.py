@@ -215,12 +215,18 @@ def octave_shapes(shape: tuple[int, int], num_octave: int, octave_scale: float) 
     ]
 
 
-def check_octaves(shapes: Sequence[tuple[int, int]], backbone: str) -> None:
+def check_octaves(shapes: Sequence[tuple[int, int]], backbone: str, tile_size: int = 0) -> None:
+    """Every octave, and every tile of one, must be large enough for the backbone's pooling."""
     smallest, minimum = min(shapes), MIN_INPUT_SIZE[backbone]
     if min(smallest) < minimum:
         raise images.ImageError(
             f"the smallest octave would be {smallest[1]}x{smallest[0]} pixels, below the {minimum} "
             f"pixels {backbone} needs: use a larger image or fewer octaves / a smaller octave_scale"
+        )
+    if tile_size and tile_size < 2 * minimum:  # tiles are at least half the tile size
+        raise images.ImageError(
+            f"tile_size {tile_size} gives tiles below the {minimum} pixels {backbone} needs: "
+            f"use a tile_size of at least {2 * minimum}, or 0 for no tiling"
         )
 
 
@@ -287,9 +293,8 @@ def dream_settings(
     """Dream once per layer setting; writes each dream, its losses, and a labelled grid."""
     configure_runtime(runtime.seed, runtime.dtype_policy, runtime.memory_growth, runtime.distribute)
     original_pixels = images.read_image(paths.image)
-    check_octaves(
-        octave_shapes(original_pixels.shape[:2], params.num_octave, params.octave_scale), params.backbone
-    )
+    shapes = octave_shapes(original_pixels.shape[:2], params.num_octave, params.octave_scale)
+    check_octaves(shapes, params.backbone, params.tile_size)
     settings = all_settings(params)
     backbone = load_backbone(params.backbone, weights)
     for setting in settings:  # every unknown layer is reported before any dreaming starts
@@ -328,10 +333,11 @@ def dream_settings(
 
 
 def summarize(results: Sequence[dict[str, Any]], num_octave: int) -> dict[str, Any]:
+    """Per setting, keyed by its image ("setting_00"): two settings may share a name."""
     metrics: dict[str, Any] = {}
     for result in results:
         losses = result["losses"]
-        metrics[result["name"]] = {
+        metrics[Path(result["image"]).stem] = {
             "first_loss": losses[0]["loss"],
             "final_loss": losses[-1]["loss"],
             "steps": len(losses),

@@ -61,6 +61,9 @@ def read_image(path: Path, max_size: int = 0) -> np.ndarray:
         raise ImageError(f"{path} is not a readable image: {error}") from None
     if image.width == 0 or image.height == 0:
         raise ImageError(f"{path} is an empty image ({image.width}x{image.height})")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit: Pillow's convert would clip, not scale
+        tones = np.clip(np.rint(np.asarray(image, np.float64) / 257.0), 0, 255).astype(np.uint8)
+        image = Image.fromarray(tones, "L")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)

@@ -76,10 +76,8 @@ def test_parent_run_has_params_input_and_a_comparison_grid_with_a_tile_per_setti
     grid = np.asarray(Image.open(client.download_artifacts(parent.info.run_id, "grid.png")))
     num_tiles = 1 + len(result["metrics"])  # the original and one dream per setting
     assert grid.shape[1] > num_tiles * 96  # tiles are scaled to 256 px high: wider than the input
-    assert result["metrics"].keys() == {
-        json.loads((root / "outputs/deepdream/dreams/results.json").read_text())["settings"][i]["name"]
-        for i in range(len(result["metrics"]))
-    }
+    settings = json.loads((root / "outputs/deepdream/dreams/results.json").read_text())["settings"]
+    assert list(result["metrics"]) == [Path(setting["image"]).stem for setting in settings]
 
 
 def test_unknown_layer_lists_the_valid_ones_and_keeps_earlier_dreams(flow_run):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.cli import KNOWN_SECTIONS
 from tasks.params import (
     ParamsError,
     applied_profile,
@@ -167,11 +168,11 @@ def test_unknown_top_level_section_is_named(params):
     params["txt"] = params.pop("text")
 
     with pytest.raises(ParamsError, match=r"unknown section 'txt' \(did you mean 'text'\?\)"):
-        check_sections(params, {"runtime", "tracking", "text"})
+        check_sections(params, KNOWN_SECTIONS)
 
 
 def test_check_sections_accepts_the_repo_params(repo_params):
-    check_sections(repo_params, {"runtime", "tracking", "text"})
+    check_sections(repo_params, KNOWN_SECTIONS)
 
 
 # --- Files --------------------------------------------------------------------------------
