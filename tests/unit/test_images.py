@@ -381,3 +381,21 @@ def test_labelled_grid_of_one_image_scales_it_to_the_tile_height():
     assert columns.max() - columns.min() + 1 == 80
     label_strip = grid[rows.max() + 1 :, columns.min() : columns.max() + 1]
     assert (label_strip.max(axis=-1) < 128).any()  # the label is drawn (dark text) under the tile
+
+
+def test_a_url_that_serves_a_web_page_instead_of_an_image_is_rejected(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        name = f"page-{uuid.uuid4().hex[:8]}.jpg"
+        (tmp_path / name).write_text("<html><body>Not found</body></html>")
+        downloaded = images.resolve_source(f"http://127.0.0.1:{server.server_address[1]}/{name}")
+        with pytest.raises(images.ImageError, match=f"{name} is not a readable image"):
+            images.read_image(downloaded)
+    finally:
+        server.shutdown()
