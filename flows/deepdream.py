@@ -56,7 +56,7 @@ def deepdream_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[s
             f"- MLflow run `{run.run_id}` ({run.tracking_uri}); comparison grid `{paths.dreams / 'grid.png'}`",
             *(
                 f"- `{setting['name']}`: loss {values['first_loss']:.3g} -> {values['final_loss']:.3g} in "
-                f"{values['steps']} steps, {values['seconds_per_octave']:.1f} s per octave"
+                f"{values['steps']} steps, {values['mean_seconds_per_octave']:.1f} s per octave"
                 for setting, values in zip(settings, metrics.values())
             ),
         ]
