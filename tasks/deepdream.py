@@ -29,7 +29,7 @@ import pydantic
 import tensorflow as tf
 
 from tasks import data, images, tracking
-from tasks.backbones import BACKBONES, Backbone, BackboneError, from_unit_to_pixels, load_backbone
+from tasks.backbones import BACKBONES, BackboneError, from_unit_to_pixels, load_backbone
 from tasks.params import Params, ParamsError, load_params, parse_section
 from tasks.runtime import RuntimeParams, configure_runtime
 
