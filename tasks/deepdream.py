@@ -28,7 +28,7 @@ import numpy as np
 import pydantic
 import tensorflow as tf
 
-from tasks import data, images, tracking
+from tasks import data, images, steps, tracking
 from tasks.backbones import BACKBONES, BackboneError, from_unit_to_pixels, load_backbone
 from tasks.params import Params, ParamsError, load_params, parse_section
 from tasks.runtime import RuntimeParams, configure_runtime
@@ -423,9 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             dream_settings(paths, deepdream, runtime)
     except (ParamsError, images.ImageError, BackboneError, data.DownloadError) as error:
-        retryable = getattr(error, "retryable", False)
-        print(f"{'retryable error' if retryable else 'error'}: {error}", file=sys.stderr, flush=True)
-        return 2
+        return steps.report_error(error)
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from tasks.params import parse_yaml
+from tasks.steps import read_error
 
 # TensorFlow's start-up lines (absl INFO/WARNING, CPU instruction notes): kept at debug level.
 _FRAMEWORK_NOISE = re.compile(
@@ -115,9 +116,8 @@ def run_stage(name: str, root: Path) -> bool:
                 capture_output=True,
                 check=False,
             )
-        errors = [line for line in lines if line.startswith(("error: ", "retryable error: "))]
-        reason = errors[-1].split(": ", 1)[1] if errors else "\n".join(lines[-5:])
-        retryable = not errors or errors[-1].startswith("retryable")
+        # No reported error means the step crashed: show its last lines, and let it retry.
+        reason, retryable = read_error(lines) or ("\n".join(lines[-5:]), True)
         raise StageFailed(f"stage {name} failed: {reason}", retryable=retryable)
     ran = stage_lock(root, name) != before
     logger.info("%s: %s", name, "ran, dvc.lock updated" if ran else "up to date, skipped by DVC")

@@ -33,7 +33,7 @@ import pydantic
 import tensorflow as tf
 from keras import layers, ops
 
-from tasks import data, tracking
+from tasks import data, steps, tracking
 from tasks.params import Params, ParamsError, load_params, parse_section
 from tasks.runtime import RuntimeParams, configure_runtime
 
@@ -828,9 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sample(paths, **text.sample.model_dump(), maxlen=text.data.maxlen, runtime=runtime)
     except (ParamsError, TextError, data.DownloadError) as error:
-        retryable = getattr(error, "retryable", False)
-        print(f"{'retryable error' if retryable else 'error'}: {error}", file=sys.stderr, flush=True)
-        return 2
+        return steps.report_error(error)
     return 0
 
 
