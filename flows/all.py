@@ -10,13 +10,14 @@ from typing import Any
 
 from prefect import flow
 
-from flows import deepdream, text
+from flows import deepdream, style_transfer, text
 from flows.cli import REPO_ROOT, run_cli
 
 
 def validate(params: dict[str, Any]) -> None:
     text.validate(params)
     deepdream.validate(params)
+    style_transfer.validate(params)
 
 
 @flow(name="gendl")
@@ -30,6 +31,7 @@ def all_techniques(profile: str | None = None, root: Path = REPO_ROOT) -> dict[s
     return {
         "text": text.text_generation(profile=profile, root=root),
         "deepdream": deepdream.deepdream_flow(profile=profile, root=root),
+        "style_transfer": style_transfer.style_transfer_flow(profile=profile, root=root),
     }
 
 

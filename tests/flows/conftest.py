@@ -52,6 +52,20 @@ def tiny_params(corpus: Path) -> dict:
             "seed": 3,
         },
     )
+    params["style_transfer"].update(
+        content_image="bundled:china",
+        style_images=[
+            {"image": "https://img-datasets.s3.amazonaws.com/starry_night.jpg", "sha256": "", "weight": 0.7},
+            {"image": "bundled:flower", "sha256": "", "weight": 0.3},
+        ],
+        height=48,
+        backbone="hed_vgg16",
+        content_weight=[1.0e-4],
+        style_weight=[1.0e-5, 1.0e-4],
+        optimizer=["adam", "lbfgs"],
+        iterations=6,
+        snapshot_every=3,
+    )
     return params
 
 

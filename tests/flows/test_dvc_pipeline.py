@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from flows.cli import KNOWN_SECTIONS
-from tasks import deepdream, text
+from tasks import deepdream, style_transfer, text
 from tasks.pipeline import load_stages
 from tests.conftest import REPO_ROOT
 from tests.flows.conftest import dvc
@@ -20,6 +20,12 @@ TEXT_STAGES = ["text_download", "text_prepare", "text_train", "text_sample"]
 STEPS = {  # technique -> (module the stages run, its CLI steps, its params model, its paths)
     "text": ("tasks.text", {"download", "prepare", "train", "sample"}, text.TextParams, text.TextPaths),
     "deepdream": ("tasks.deepdream", {"image", "dream"}, deepdream.DeepDreamParams, deepdream.DeepDreamPaths),
+    "style_transfer": (
+        "tasks.style_transfer",
+        {"images", "stylize"},
+        style_transfer.StyleTransferParams,
+        style_transfer.StyleTransferPaths,
+    ),
 }
 
 
