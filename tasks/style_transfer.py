@@ -324,6 +324,7 @@ class Progress:
     present: Callable[[tf.Tensor], np.ndarray]  # optimised pixels -> the RGB image a user sees
     scale: int = 0
     records: list[dict[str, float]] = field(default_factory=list)  # {"step", "scale", "loss", ...}
+    final: dict[str, float] = field(default_factory=dict)  # the losses of the image returned
     snapshots: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (step, uint8 image)
 
     def __call__(self, losses: dict[str, tf.Tensor], image: tf.Tensor) -> None:
@@ -426,15 +427,18 @@ def scale_heights(height: int, num_scales: int, scale_ratio: float) -> list[int]
     return [round(height / scale_ratio**scale) for scale in reversed(range(num_scales))]
 
 
-def check_sizes(content_shape: Sequence[int], heights: Sequence[int], backbone: str) -> None:
-    """Every scale of the content image must be large enough for the backbone's pooling."""
+def check_sizes(
+    shape: Sequence[int], heights: Sequence[int], backbone: str, name: str = "the content image"
+) -> None:
+    """An image of `shape` (height, width) resized to every one of `heights` must stay large
+    enough for the backbone's pooling (style images keep their aspect ratio, so check each)."""
     minimum = MIN_INPUT_SIZE[backbone]
     smallest = min(heights)
-    width = round(content_shape[1] * smallest / content_shape[0])
+    width = round(shape[1] * smallest / shape[0])
     if min(smallest, width) < minimum:
         raise images.ImageError(
-            f"the coarsest scale would be {width}x{smallest} pixels, below the {minimum} pixels {backbone} "
-            "needs: use a larger height, fewer num_scales or a smaller scale_ratio"
+            f"{name} would be {width}x{smallest} pixels at the coarsest scale, below the {minimum} pixels "
+            f"{backbone} needs: use a larger height, fewer num_scales or a smaller scale_ratio"
         )
 
 
@@ -504,6 +508,8 @@ def stylize(
             shape[0],
             progress.records[-1]["loss"],
         )
+    # The losses of the image returned (the last update, or L-BFGS's best), not of the last step.
+    progress.final = {name: float(value) for name, value in loss_and_grads(generated)[0].items()}
     return present(generated), progress
 
 
@@ -545,6 +551,8 @@ def stylize_grid(
     styles = [images.read_image(paths.style(index)) for index in range(len(params.style_images))]
     heights = scale_heights(content.shape[0], params.num_scales, params.scale_ratio)
     check_sizes(content.shape, heights, params.backbone)
+    for index, (style, source) in enumerate(zip(styles, params.style_images)):
+        check_sizes(style.shape, heights, params.backbone, f"style image {index} ({source.image})")
     points = grid_points(params)
     backbone = load_backbone(params.backbone, weights)
     backbone.check_layers(
@@ -588,7 +596,7 @@ def stylize_grid(
                 "folder": folder,
                 "point": asdict(point),
                 "seconds": seconds,
-                **summarize(progress.records),
+                **summarize(progress),
             }
         )
     images.save_image(images.labelled_grid(tiles), staging / "grid.png")
@@ -606,12 +614,11 @@ def stylize_grid(
     return results
 
 
-def summarize(records: Sequence[dict[str, float]]) -> dict[str, Any]:
-    last = records[-1]
+def summarize(progress: Progress) -> dict[str, Any]:
     return {
-        "steps": len(records),
-        "best_loss": min(record["loss"] for record in records),
-        "final": {term: last[term] for term in LOSS_TERMS},
+        "steps": len(progress.records),
+        "best_loss": min([record["loss"] for record in progress.records] + [progress.final["loss"]]),
+        "final": {term: progress.final[term] for term in LOSS_TERMS},
     }
 
 
