@@ -34,6 +34,7 @@ import numpy as np
 import pydantic
 import scipy.optimize
 import tensorflow as tf
+import threadpoolctl
 
 from tasks import data, images, steps, tracking
 from tasks.backbones import BACKBONES, Backbone, BackboneError, load_backbone
@@ -368,9 +369,12 @@ def lbfgs(loss_and_grads: Callable, initial: tf.Tensor, iterations: int, history
     """L-BFGS (Gatys et al.'s choice) through SciPy; returns the best image it evaluated.
 
     Line-search trials count as iterations, so its budget is comparable with SGD and Adam's.
+    SciPy stops early once the float32 loss stalls; it then restarts from the best image
+    (fresh curvature history) while budget is left and restarts still improve the loss.
     """
     shape = initial.shape
     best = {"loss": math.inf, "pixels": initial}
+    start = len(progress.records)
 
     def objective(flat: np.ndarray) -> tuple[float, np.ndarray]:
         if len(progress.records) - start == iterations:
@@ -383,24 +387,30 @@ def lbfgs(loss_and_grads: Callable, initial: tf.Tensor, iterations: int, history
         progress(losses, best["pixels"])
         return loss, gradients.numpy().astype(np.float64).ravel()
 
-    start = len(progress.records)
-    try:
-        result = scipy.optimize.minimize(
-            objective,
-            tf.reshape(initial, [-1]).numpy().astype(np.float64),
-            jac=True,
-            method="L-BFGS-B",
-            options={
-                "maxiter": iterations,
-                "maxfun": iterations,
-                "maxcor": history,
-                "ftol": 0.0,
-                "gtol": 0.0,
-            },
-        )
-        log.info("L-BFGS stopped after %d evaluations: %s", len(progress.records) - start, result.message)
-    except _BudgetSpent:
-        pass
+    # SciPy's BLAS threads would spin between evaluations and take the cores from TensorFlow's
+    # next step (1.5x slower per evaluation on 2 cores, benchmarks/README.md).
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        previous_best = None
+        while previous_best is None or best["loss"] < previous_best:
+            previous_best = best["loss"]
+            remaining = iterations - (len(progress.records) - start)
+            try:
+                result = scipy.optimize.minimize(
+                    objective,
+                    tf.reshape(best["pixels"], [-1]).numpy().astype(np.float64),
+                    jac=True,
+                    method="L-BFGS-B",
+                    options={
+                        "maxiter": remaining,
+                        "maxfun": remaining,
+                        "maxcor": history,
+                        "ftol": 0.0,
+                        "gtol": 0.0,
+                    },
+                )
+            except _BudgetSpent:
+                break
+            log.info("L-BFGS stopped after %d evaluations: %s", len(progress.records) - start, result.message)
     return best["pixels"]
 
 

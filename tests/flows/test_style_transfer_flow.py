@@ -162,21 +162,11 @@ def test_an_unreadable_style_image_fails_without_leaving_inputs_behind(tmp_path,
     assert not (root / "data/style_transfer").exists() or not any((root / "data/style_transfer").iterdir())
 
 
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        (
-            {"content_weight": [0.0], "style_weight": [0.0], "total_variation_weight": [0.0]},
-            "content_weight, style_weight and total_variation_weight are 0 everywhere",
-        ),
-        ({"height": 0}, "style_transfer.height: Input should be greater than or equal to 32, got 0"),
-        ({"optimizer": ["bfgs"]}, "style_transfer.optimizer.0: Input should be 'sgd', 'adam' or 'lbfgs'"),
-    ],
-)
-def test_bad_params_fail_in_one_line_before_anything_runs(tmp_path, change, message):
+def test_weights_zero_everywhere_fail_in_one_line_before_anything_runs(tmp_path):
+    # Each params error's wording is unit-tested; this is the path from the command line.
     root = make_repo_copy(tmp_path / "repo")
     params = params_of(root)
-    params["style_transfer"].update(change)
+    params["style_transfer"].update(content_weight=[0.0], style_weight=[0.0], total_variation_weight=[0.0])
     write_params(root, params)
     result = subprocess.run(
         [sys.executable, "-m", "flows.style_transfer", "--root", str(root)],
@@ -187,5 +177,5 @@ def test_bad_params_fail_in_one_line_before_anything_runs(tmp_path, change, mess
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert message in error
+    assert "content_weight, style_weight and total_variation_weight are 0 everywhere" in error
     assert not (root / "data").exists() and not (root / "mlflow").exists()

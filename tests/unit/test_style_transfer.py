@@ -380,6 +380,18 @@ def half_square_step(pixels):
     return {"loss": tf.reduce_sum(tf.square(pixels)) / 2}, pixels
 
 
+def test_lbfgs_restarts_when_scipy_stops_early_and_ends_once_restarts_stop_improving():
+    # A quadratic that SciPy solves, and declares converged, in a few evaluations.
+    initial = tf.constant(np.random.default_rng(3).uniform(-5, 5, (4, 5, 3)), tf.float32)
+    progress = Progress(0, np.asarray)
+
+    best = lbfgs(half_square_step, initial, 200, 5, progress)
+
+    assert np.abs(np.asarray(best)).max() < 1e-3
+    assert 3 <= len(progress.records) < 200  # no endless restarts once nothing improves
+    assert float(half_square_step(best)[0]["loss"]) == pytest.approx(min(r["loss"] for r in progress.records))
+
+
 def test_sgd_takes_the_books_exponentially_decaying_steps():
     initial = tf.constant(np.random.default_rng(7).uniform(-5, 5, (4, 5, 3)), tf.float32)
     sgd = SgdParams(learning_rate=0.1, decay_steps=1, decay_rate=0.5)
