@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow, task
 
 from flows.cli import REPO_ROOT, run_cli
 from flows.technique_run import technique_run
@@ -62,16 +61,7 @@ def style_transfer_flow(profile: str | None = None, root: Path = REPO_ROOT) -> d
             ),
         ]
     )
-    get_run_logger().info(summary)
-    create_markdown_artifact(summary, key="style-transfer-summary", description="Style transfer results")
-    return {
-        "run_id": run.run_id,
-        "experiment_id": run.experiment_id,
-        "child_run_ids": child_run_ids,
-        "stages_run": run.stages_run,
-        "metrics": metrics,
-        "tracking_uri": run.tracking_uri,
-    }
+    return run.publish(summary, "style-transfer-summary", child_run_ids=child_run_ids, metrics=metrics)
 
 
 if __name__ == "__main__":

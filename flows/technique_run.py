@@ -11,6 +11,7 @@ from typing import Any
 
 import mlflow
 from prefect import get_run_logger, runtime
+from prefect.artifacts import create_markdown_artifact
 
 from tasks import tracking
 from tasks.params import applied_profile, parse_section
@@ -34,6 +35,18 @@ class TechniqueRun:
         if ran:
             self.stages_run.append(stage.name)
         return ran
+
+    def publish(self, summary: str, artifact_key: str, **results: Any) -> dict[str, Any]:
+        """Log the flow's markdown summary, keep it as a Prefect artifact, return the flow's result."""
+        get_run_logger().info(summary)
+        create_markdown_artifact(summary, key=artifact_key, description=summary.splitlines()[0].lstrip("# "))
+        return {
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "stages_run": self.stages_run,
+            "tracking_uri": self.tracking_uri,
+            **results,
+        }
 
 
 @contextmanager

@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow, task
 
 from flows.cli import REPO_ROOT, run_cli
 from flows.technique_run import technique_run
@@ -51,16 +50,9 @@ def text_generation(profile: str | None = None, root: Path = REPO_ROOT) -> dict[
             elif stage.name == "text_sample":
                 child_run_ids = log_samples(run.run_id, run.experiment_id, paths)
     summary = summarize(paths, train_metrics, run.run_id, run.tracking_uri)
-    get_run_logger().info(summary)
-    create_markdown_artifact(summary, key="text-generation-summary", description="Text generation results")
-    return {
-        "run_id": run.run_id,
-        "experiment_id": run.experiment_id,
-        "child_run_ids": child_run_ids,
-        "stages_run": run.stages_run,
-        "train_metrics": train_metrics,
-        "tracking_uri": run.tracking_uri,
-    }
+    return run.publish(
+        summary, "text-generation-summary", child_run_ids=child_run_ids, train_metrics=train_metrics
+    )
 
 
 def summarize(paths: text.TextPaths, train_metrics: dict[str, Any], run_id: str, tracking_uri: str) -> str:

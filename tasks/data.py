@@ -1,8 +1,10 @@
-"""Downloads through the Keras cache, verified and written atomically into the repo for DVC."""
+"""Downloads through the Keras cache, verified and written atomically into the repo for DVC, and
+the atomic JSON writer the steps share for their results and metrics."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -12,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import keras
 
@@ -95,3 +98,11 @@ def network_timeout(seconds: float = DOWNLOAD_TIMEOUT_SECONDS) -> Iterator[None]
         yield
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def write_json(path: Path, content: Any) -> None:
+    """Write `content` as JSON, atomically (DVC and the flow never read half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)

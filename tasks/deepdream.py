@@ -29,14 +29,13 @@ import pydantic
 import tensorflow as tf
 
 from tasks import data, images, steps, tracking
-from tasks.backbones import BACKBONES, BackboneError, from_unit_to_pixels, load_backbone
+from tasks.backbones import BACKBONES, MIN_INPUT_SIZE, BackboneError, from_unit_to_pixels, load_backbone
 from tasks.params import Params, ParamsError, load_params, parse_section
 from tasks.runtime import RuntimeParams, configure_runtime
 
 log = logging.getLogger(__name__)
 
 TECHNIQUE = "deepdream"
-MIN_INPUT_SIZE = {"inception_v3": 75, "vgg16": 32, "vgg19": 32, "hed_vgg16": 32}  # pixels
 
 LayerSetting = dict[str, float]  # layer name -> weight of its activation in the loss
 
@@ -339,8 +338,8 @@ def dream_settings(
             {"name": name, "setting": setting, "image": file_name, "losses": losses, "seconds": seconds}
         )
     images.save_image(images.labelled_grid(tiles), paths.dreams / "grid.png")
-    _write_json(paths.dreams / "results.json", {"backbone": backbone.name, "settings": results})
-    _write_json(paths.metrics, summarize(results, params.num_octave))
+    data.write_json(paths.dreams / "results.json", {"backbone": backbone.name, "settings": results})
+    data.write_json(paths.metrics, summarize(results, params.num_octave))
     return results
 
 
@@ -356,13 +355,6 @@ def summarize(results: Sequence[dict[str, Any]], num_octave: int) -> dict[str, A
             "mean_seconds_per_octave": result["seconds"] / num_octave,
         }
     return metrics
-
-
-def _write_json(path: Path, content: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
-    temporary.replace(path)
 
 
 # --- MLflow logging of the steps' outputs (called by the flow) -----------------------------------

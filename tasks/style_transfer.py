@@ -37,7 +37,7 @@ import tensorflow as tf
 import threadpoolctl
 
 from tasks import data, images, steps, tracking
-from tasks.backbones import BACKBONES, Backbone, BackboneError, load_backbone
+from tasks.backbones import BACKBONES, MIN_INPUT_SIZE, Backbone, BackboneError, load_backbone
 from tasks.params import Params, ParamsError, load_params, parse_section
 from tasks.runtime import RuntimeParams, configure_runtime
 
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 TECHNIQUE = "style_transfer"
 OPTIMIZERS = ("sgd", "adam", "lbfgs")
-MIN_INPUT_SIZE = {"inception_v3": 75, "vgg16": 32, "vgg19": 32, "hed_vgg16": 32}  # pixels
 LOSS_TERMS = ("loss", "content_loss", "style_loss", "total_variation_loss")
 
 
@@ -617,10 +616,10 @@ def stylize_grid(
         "iterations": params.iterations,
         "preserve_color": params.preserve_color,
     }
-    _write_json(staging / "results.json", {"settings": settings, "points": results})
+    data.write_json(staging / "results.json", {"settings": settings, "points": results})
     _remove(paths.results)
     staging.replace(paths.results)
-    _write_json(paths.metrics, {result["folder"]: _metrics_of(result) for result in results})
+    data.write_json(paths.metrics, {result["folder"]: _metrics_of(result) for result in results})
     return results
 
 
@@ -652,13 +651,6 @@ def _write_csv(path: Path, rows: Sequence[dict[str, float]]) -> None:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _write_json(path: Path, content: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
-    temporary.replace(path)
 
 
 # --- MLflow logging of the steps' outputs (called by the flow) -------------------------------------------

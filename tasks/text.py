@@ -537,13 +537,6 @@ def compile_model(model: keras.Model, learning_rate: float, clipnorm: float, jit
 # --- Pipeline steps (the commands in dvc.yaml) ------------------------------------------------
 
 
-def write_json(path: Path, content: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def download(paths: TextPaths, url: str, sha256: str) -> Path:
     """Fetch the corpus (through the Keras cache) into `paths.corpus`."""
     log.info("fetching %s", url)
@@ -562,7 +555,7 @@ def prepare(paths: TextPaths, maxlen: int, validation_split: float, max_chars: i
     paths.prepared.mkdir(parents=True, exist_ok=True)
     np.save(paths.prepared / "train_ids.npy", train_ids)
     np.save(paths.prepared / "validation_ids.npy", validation_ids)
-    write_json(paths.prepared / "vocabulary.json", {"chars": vocabulary.chars})
+    data.write_json(paths.prepared / "vocabulary.json", {"chars": vocabulary.chars})
     stats = {"num_chars": len(text), "vocab_size": vocabulary.size, "num_train_chars": len(train_ids)}
     log.info("prepared: %s", stats)
     return stats
@@ -646,7 +639,7 @@ def train(
     )  # shuffle=False: the dataset reshuffles itself every epoch
     seconds = time.perf_counter() - started
 
-    write_json(paths.epoch_samples, epoch_samples.records if epoch_samples else [])
+    data.write_json(paths.epoch_samples, epoch_samples.records if epoch_samples else [])
     monitored = "val_loss" if validation_data is not None else "loss"
     losses = history.history[monitored][: nan_guard.last_good_epoch]
     best_epoch = int(np.argmin(losses))
@@ -659,7 +652,7 @@ def train(
         "train_seconds": seconds,
         "sequences_per_second": num_train * len(history.epoch) / seconds,
     }
-    write_json(paths.train_metrics, metrics)
+    data.write_json(paths.train_metrics, metrics)
     log.info("trained: %s", metrics)
     return metrics
 
@@ -706,8 +699,8 @@ def sample(
         (paths.samples / f"temperature_{result['temperature']:g}.txt").write_text(
             result["seed"] + result["text"] + "\n", encoding="utf-8"
         )
-    write_json(paths.samples / "samples.json", results)
-    write_json(paths.sample_metrics, metrics)
+    data.write_json(paths.samples / "samples.json", results)
+    data.write_json(paths.sample_metrics, metrics)
     return results
 
 
