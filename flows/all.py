@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows import deepdream, style_transfer, text
+from flows import deepdream, style_transfer, text, vae
 from flows.cli import REPO_ROOT, run_cli
 
 
@@ -18,6 +18,7 @@ def validate(params: dict[str, Any]) -> None:
     text.validate(params)
     deepdream.validate(params)
     style_transfer.validate(params)
+    vae.validate(params)
 
 
 @flow(name="gendl")
@@ -32,6 +33,7 @@ def all_techniques(profile: str | None = None, root: Path = REPO_ROOT) -> dict[s
         "text": text.text_generation(profile=profile, root=root),
         "deepdream": deepdream.deepdream_flow(profile=profile, root=root),
         "style_transfer": style_transfer.style_transfer_flow(profile=profile, root=root),
+        "vae": vae.vae_flow(profile=profile, root=root),
     }
 
 

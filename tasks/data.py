@@ -67,8 +67,7 @@ def cached_download(url: str, sha256: str = "") -> Path:
     filename = Path(urllib.parse.urlsplit(url).path).name
     if not filename:
         raise DownloadError(f"cannot tell a file name from the URL {url!r}")
-    cache = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
-    cached = cache / filename
+    cached = keras_cache() / filename
     # get_file would re-download a mismatching copy and delete it when that fails (offline):
     # say so instead, and keep what may be the only copy.
     if sha256 and cached.is_file() and (actual := sha256_of(cached)) != sha256:
@@ -82,11 +81,20 @@ def cached_download(url: str, sha256: str = "") -> Path:
     # get_file re-raises URL and HTTP failures as bare `Exception`, so nothing narrower catches them.
     except Exception as error:
         raise DownloadError(
-            f"could not download {url}: {error}. Offline? Put {filename} in the Keras cache "
-            f"({cache}/{filename}): set KERAS_HOME to a filled Keras cache, for example "
-            f'export KERAS_HOME="$(mktemp -d)" && cp -r ../shared/keras-home/. "$KERAS_HOME"',
-            retryable=True,
+            f"could not download {url}: {error}. Offline? {offline_hint(filename)}", retryable=True
         ) from None
+
+
+def keras_cache() -> Path:
+    """Where Keras keeps downloaded datasets: `$KERAS_HOME/datasets` (default ~/.keras/datasets)."""
+    return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
+
+
+def offline_hint(filename: str) -> str:
+    return (
+        f"Put {filename} in the Keras cache ({keras_cache() / filename}): set KERAS_HOME to a filled "
+        'Keras cache, for example export KERAS_HOME="$(mktemp -d)" && cp -r ../shared/keras-home/. "$KERAS_HOME"'
+    )
 
 
 @contextmanager

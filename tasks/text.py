@@ -18,7 +18,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import re
 import sys
 import time
@@ -36,6 +35,7 @@ from keras import layers, ops
 from tasks import data, steps, tracking
 from tasks.params import Params, ParamsError, load_params, parse_section
 from tasks.runtime import RuntimeParams, configure_runtime
+from tasks.training import Progress, save_model_atomically
 
 log = logging.getLogger(__name__)
 
@@ -479,51 +479,6 @@ class EpochSamples(keras.callbacks.Callback):
                 }
             )
             log.info("epoch %d, temperature %.2f: %r", epoch + 1, sample.temperature, sample.text[:100])
-
-
-class Progress(keras.callbacks.Callback):
-    """Logs steps and loss every `every_seconds`, and a line per epoch (works in any log sink)."""
-
-    def __init__(self, epochs: int, steps_per_epoch: int, batch_size: int, every_seconds: float = 15.0):
-        super().__init__()
-        self.epochs, self.steps_per_epoch, self.batch_size = epochs, steps_per_epoch, batch_size
-        self.every_seconds = every_seconds
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch, self.epoch_start = epoch, time.perf_counter()
-        self.last_report = self.epoch_start
-
-    def on_train_batch_end(self, batch, logs=None):
-        now = time.perf_counter()
-        if now - self.last_report >= self.every_seconds:
-            self.last_report = now
-            log.info(
-                "epoch %d/%d step %d/%d loss %.4f",
-                self.epoch + 1,
-                self.epochs,
-                batch + 1,
-                self.steps_per_epoch,
-                float(logs.get("loss", math.nan)),
-            )
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self.epoch_start
-        summary = " ".join(f"{key} {value:.4f}" for key, value in (logs or {}).items())
-        log.info(
-            "epoch %d/%d done in %.1f s (%.0f sequences/s): %s",
-            epoch + 1,
-            self.epochs,
-            seconds,
-            self.steps_per_epoch * self.batch_size / seconds,
-            summary,
-        )
-
-
-def save_model_atomically(model: keras.Model, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.partial.keras")
-    model.save(temporary)
-    os.replace(temporary, path)
 
 
 def compile_model(model: keras.Model, learning_rate: float, clipnorm: float, jit_compile: bool) -> None:

@@ -66,6 +66,17 @@ def tiny_params(corpus: Path) -> dict:
         iterations=6,
         snapshot_every=3,
     )
+    vae = params["vae"]
+    vae["data"].update(dataset="fashion_mnist", max_train_images=1024, max_test_images=256)
+    vae["model"].update(latent_dim=[2, 3])
+    vae["train"].update(beta=[1.0], epochs=2, batch_size=64)
+    vae["sample"].update(
+        grid_size=6,
+        num_reconstructions=5,
+        interpolation_steps=4,
+        concepts=[{"source": "Sneaker", "target": "Ankle boot"}],
+        concept_images=4,
+    )
     return params
 
 

@@ -1,0 +1,107 @@
+"""Variational autoencoder flow: data -> one VAE per grid point (latent_dim x beta) -> latent-space
+images, as dvc.yaml defines them, tracked in MLflow as one parent run (the comparison of latent
+grids) with one child run per grid point.
+
+    python -m flows.vae [--profile quick]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+
+from flows.cli import REPO_ROOT, run_cli
+from flows.technique_run import technique_run
+from tasks import tracking, vae
+from tasks.params import parse_section
+from tasks.runtime import RuntimeParams
+
+log_training = task(vae.log_training, name="log-training")
+log_samples = task(vae.log_samples, name="log-samples")
+
+
+def validate(params: dict[str, Any]) -> None:
+    """Fail before anything runs if the sections this flow reads are invalid."""
+    parse_section(params, "vae", vae.VaeParams)
+    parse_section(params, "runtime", RuntimeParams)
+    parse_section(params, "tracking", tracking.TrackingParams)
+
+
+@flow(name="vae")
+def vae_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, Any]:
+    """Run the VAE stages through DVC and log every grid point's training and latent space to MLflow.
+
+    A grid point whose loss became NaN keeps its last good epoch's models; its child run and the
+    parent run end FAILED and the flow raises `vae.TrainingDiverged` once everything is logged.
+
+    Args:
+        profile: name of a params overlay in profiles/ (e.g. "quick"); None = params.yaml as is.
+        root: repo root holding params.yaml and dvc.yaml.
+
+    Returns:
+        The MLflow run ids and each grid point's training and sampling metrics.
+    """
+    root = Path(root).resolve()
+    paths = vae.VaePaths().under(root)
+    child_run_ids: dict[str, str] = {}
+    with technique_run(vae.TECHNIQUE, profile, root, validate) as run:
+        for stage in run.stages:
+            run.run_stage(stage)
+            if stage.name == "vae_train":
+                child_run_ids = log_training(run.run_id, run.experiment_id, paths)
+            elif stage.name == "vae_sample":
+                log_samples(run.run_id, child_run_ids, paths)
+        points = json.loads((paths.training / "points.json").read_text())
+        sample_metrics = json.loads(paths.sample_metrics.read_text())
+        result = run.publish(
+            summarize(points, sample_metrics, paths, run.run_id, run.tracking_uri),
+            "vae-summary",
+            child_run_ids=child_run_ids,
+            metrics={p["name"]: {**p["metrics"], **sample_metrics.get(p["name"], {})} for p in points},
+        )
+        diverged = [point for point in points if point["metrics"]["diverged_at_epoch"]]
+        if diverged:
+            raise vae.TrainingDiverged("; ".join(vae.diverged_message(point) for point in diverged))
+    return result
+
+
+def summarize(
+    points: list[dict[str, Any]],
+    sample_metrics: dict[str, Any],
+    paths: vae.VaePaths,
+    run_id: str,
+    tracking_uri: str,
+) -> str:
+    lines = [
+        "## Variational autoencoder",
+        f"- MLflow run `{run_id}` ({tracking_uri}); latent grids side by side: `{paths.samples / 'comparison.png'}`",
+    ]
+    for point in points:
+        metrics = point["metrics"]
+        concepts = {
+            key: value
+            for key, value in sample_metrics.get(point["name"], {}).items()
+            if "target_share" in key
+        }
+        line = (
+            f"- `{point['label']}`: test loss {metrics['test_total_loss']:.2f} per image (reconstruction "
+            f"{metrics['test_reconstruction_loss']:.2f} + KL {metrics['test_kl_loss']:.2f}) after "
+            f"{metrics['epochs_completed']} epochs, {metrics['seconds_per_epoch']:.1f} s/epoch"
+        )
+        if concepts:
+            line += "; concept target share " + ", ".join(
+                f"{key.split('/')[0]} {value:.0%}"
+                for key, value in concepts.items()
+                if key.endswith("strength_1")
+            )
+        if metrics["diverged_at_epoch"]:
+            line += f" -- DIVERGED (NaN) in epoch {metrics['diverged_at_epoch']}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(vae_flow, validate))

@@ -1,0 +1,67 @@
+"""Keras training helpers the techniques that train a model share: a progress log that works in
+any log sink, and saving a model so a reader never sees half a file."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+
+log = logging.getLogger(__name__)
+
+
+class Progress(keras.callbacks.Callback):
+    """Logs steps and loss every `every_seconds`, and a line per epoch (works in any log sink)."""
+
+    def __init__(
+        self,
+        epochs: int,
+        steps_per_epoch: int,
+        batch_size: int,
+        every_seconds: float = 15.0,
+        loss_key: str = "loss",
+    ):
+        super().__init__()
+        self.epochs, self.steps_per_epoch, self.batch_size = epochs, steps_per_epoch, batch_size
+        self.every_seconds, self.loss_key = every_seconds, loss_key
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.epoch_start = epoch, time.perf_counter()
+        self.last_report = self.epoch_start
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if now - self.last_report >= self.every_seconds:
+            self.last_report = now
+            log.info(
+                "epoch %d/%d step %d/%d %s %.4f",
+                self.epoch + 1,
+                self.epochs,
+                batch + 1,
+                self.steps_per_epoch,
+                self.loss_key,
+                float((logs or {}).get(self.loss_key, math.nan)),
+            )
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.epoch_start
+        summary = " ".join(f"{key} {value:.4f}" for key, value in (logs or {}).items())
+        log.info(
+            "epoch %d/%d done in %.1f s (%.0f examples/s): %s",
+            epoch + 1,
+            self.epochs,
+            seconds,
+            self.steps_per_epoch * self.batch_size / seconds,
+            summary,
+        )
+
+
+def save_model_atomically(model: keras.Model, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.partial.keras")
+    model.save(temporary)
+    os.replace(temporary, path)
