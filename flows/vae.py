@@ -25,7 +25,7 @@ log_samples = task(vae.log_samples, name="log-samples")
 
 def validate(params: dict[str, Any]) -> None:
     """Fail before anything runs if the sections this flow reads are invalid."""
-    parse_section(params, "vae", vae.VaeParams)
+    vae.check_known_concepts(parse_section(params, "vae", vae.VaeParams))
     parse_section(params, "runtime", RuntimeParams)
     parse_section(params, "tracking", tracking.TrackingParams)
 

@@ -102,11 +102,12 @@ class VaeDataParams(Params):
             )
         return image_size
 
-    @pydantic.model_validator(mode="after")
-    def _folder_given(self) -> VaeDataParams:
-        if self.dataset == "folder" and not self.folder:
+    @pydantic.field_validator("folder")
+    @classmethod
+    def _folder_given(cls, folder: str, info: pydantic.ValidationInfo) -> str:
+        if info.data.get("dataset") == "folder" and not folder:
             raise ValueError("dataset is 'folder' but folder is empty: give the folder of images")
-        return self
+        return folder
 
 
 class VaeModelParams(Params):
@@ -148,21 +149,22 @@ class VaeParams(Params):
     train: VaeTrainParams
     sample: VaeSampleParams
 
-    @pydantic.model_validator(mode="after")
-    def _known_classes(self) -> VaeParams:
-        # Folder class names are only known once the folder is read (the data step checks them).
-        if self.data.dataset in CLASS_NAMES:
-            check_concepts(self.sample.concepts, CLASS_NAMES[self.data.dataset], self.data.dataset)
-        return self
-
 
 def check_concepts(concepts: Sequence[ConceptParams], class_names: Sequence[str], where: str) -> None:
     for concept in concepts:
         for name in (concept.source, concept.target):
             if name not in class_names:
                 raise VaeError(
-                    f"concept class {name!r} is not a class of {where} (classes: {', '.join(class_names)})"
+                    f"vae.sample.concepts: class {name!r} is not a class of {where} "
+                    f"(classes: {', '.join(class_names)})"
                 )
+
+
+def check_known_concepts(params: VaeParams) -> None:
+    """The concept classes of a Keras dataset, before anything runs (a folder's classes are only
+    known once it is read: the sample step checks those)."""
+    if params.data.dataset in CLASS_NAMES:
+        check_concepts(params.sample.concepts, CLASS_NAMES[params.data.dataset], params.data.dataset)
 
 
 @dataclass(frozen=True)
@@ -224,9 +226,8 @@ def load_keras_dataset(name: str) -> tuple[Split, Split]:
             + " (it has Fashion-MNIST: set vae.data.dataset to fashion_mnist)",
             retryable=True,
         ) from None
-    return Split(train_images, train_labels.astype(np.int32)), Split(
-        test_images, test_labels.astype(np.int32)
-    )
+    train = Split(train_images, train_labels.astype(np.int32))
+    return train, Split(test_images, test_labels.astype(np.int32))
 
 
 def conform(pixels: np.ndarray, image_size: int, channels: int, batch_size: int = 4096) -> np.ndarray:
@@ -322,13 +323,19 @@ def load_split(path: Path) -> Split:
 def image_dataset(
     pixels: np.ndarray, batch_size: int, shuffle: bool, seed: int | None = None
 ) -> tf.data.Dataset:
-    """Batches of (batch, h, w, c) float32 in [0, 1]; stored as uint8 so the set takes 4x less memory."""
-    dataset = tf.data.Dataset.from_tensor_slices(pixels)
+    """Batches of (batch, h, w, c) float32 in [0, 1], converted per batch from the uint8 images
+    (4x less memory than the book's float array). Only indices are shuffled (no second copy of the
+    images in a shuffle buffer); each batch is gathered in one op."""
+    stored = tf.constant(pixels)
+    indices = tf.data.Dataset.range(len(pixels))
     if shuffle:
-        dataset = dataset.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
+        indices = indices.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
     return (
-        dataset.batch(batch_size)
-        .map(lambda batch: tf.cast(batch, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
+        indices.batch(batch_size)
+        .map(
+            lambda batch: tf.cast(tf.gather(stored, batch), tf.float32) / 255.0,
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
         .prefetch(tf.data.AUTOTUNE)
     )
 
@@ -438,15 +445,19 @@ class VAE(keras.Model):
 
 
 class Checkpoints(keras.callbacks.Callback):
-    """Saves encoder and decoder after every epoch whose losses are finite; on a NaN/inf loss
-    (keras.callbacks.TerminateOnNaN stops the epoch) records it and stops training, so the last
-    good epoch's models stay on disk."""
+    """Saves encoder and decoder after every epoch whose losses are finite; a NaN/inf loss stops
+    training at that batch (keras.callbacks.TerminateOnNaN only watches a "loss" key) and is
+    recorded, so the last good epoch's models stay on disk."""
 
     def __init__(self, folder: Path):
         super().__init__()
         self.folder = folder
         self.last_good_epoch = 0  # 1-based; 0 = none yet
         self.diverged_at_epoch = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not math.isfinite(float((logs or {}).get("total_loss", 0.0))):
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         if not all(math.isfinite(float(value)) for value in (logs or {}).values()):
@@ -492,7 +503,6 @@ def train_point(
         validation_data=image_dataset(test.images, global_batch, shuffle=False),
         epochs=epochs,
         callbacks=[
-            keras.callbacks.TerminateOnNaN(),
             checkpoints,
             keras.callbacks.CSVLogger(str(history_path)),
             Progress(
@@ -529,8 +539,8 @@ def read_history(path: Path) -> list[dict[str, float]]:
 
 
 def encode(encoder: keras.Model, pixels: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """(n, latent_dim) latent means of uint8 images."""
-    z_mean, _ = encoder.predict(pixels.astype(np.float32) / 255.0, batch_size=batch_size, verbose=0)
+    """(n, latent_dim) latent means of uint8 images, converted to floats one batch at a time."""
+    z_mean, _ = encoder.predict(image_dataset(pixels, batch_size, shuffle=False), verbose=0)
     return np.asarray(z_mean, np.float64)
 
 
@@ -673,11 +683,11 @@ def scatter_plot(
 # --- Pipeline steps (the commands in dvc.yaml) ------------------------------------------------
 
 
-def prepare_data(paths: VaePaths, params: VaeDataParams, seed: int) -> dict[str, Any]:
+def prepare_data(paths: VaePaths, params: VaeDataParams, seed: int, root: Path = Path(".")) -> dict[str, Any]:
     """Load the dataset, conform it to the model's image size and channels, keep train and test
-    apart, and store both as uint8 arrays with the class names."""
+    apart, and store both as uint8 arrays with the class names. A relative folder is under `root`."""
     if params.dataset == "folder":
-        pixels, labels, class_names = read_folder(Path(params.folder), params.image_size, params.channels)
+        pixels, labels, class_names = read_folder(root / params.folder, params.image_size, params.channels)
         train, test = split_folder(pixels, labels, params.test_split, seed)
     else:
         train, test = load_keras_dataset(params.dataset)
@@ -746,12 +756,19 @@ def train_grid(
     return results
 
 
+def read_class_names(paths: VaePaths) -> list[str]:
+    if not (paths.data / "classes.json").is_file():
+        raise VaeError(f"{paths.data / 'classes.json'} not found: run the data step first")
+    return json.loads((paths.data / "classes.json").read_text(encoding="utf-8"))["classes"]
+
+
 def sample_grid(paths: VaePaths, params: VaeSampleParams, seed: int) -> list[dict[str, Any]]:
     """For every trained point: the latent grid, scatter, reconstructions, interpolation and concept
     vectors as images, plus a labelled comparison of the latent grids."""
-    summary = json.loads((paths.data / "classes.json").read_text(encoding="utf-8"))
-    class_names = summary["classes"]
+    class_names = read_class_names(paths)
     check_concepts(params.concepts, class_names, f"the data in {paths.data}")
+    if not (paths.training / "points.json").is_file():
+        raise VaeError(f"{paths.training / 'points.json'} not found: run the train step first")
     train_split, test_split = load_split(paths.data / "train.npz"), load_split(paths.data / "test.npz")
     points = json.loads((paths.training / "points.json").read_text())
     staging = paths.samples.with_name(f".{paths.samples.name}.partial")
@@ -813,7 +830,8 @@ def sample_point(
         mosaic(np.concatenate([originals, decode(decoder, test_means[chosen])]), columns=len(chosen)),
         outputs / "reconstructions.png",
     )
-    first, second = class_examples(test.labels, 2)
+    pair = class_examples(test.labels, 2)  # two classes if there are two; a single test image, twice
+    first, second = pair[0], pair[-1]
     between = decode(decoder, interpolate(test_means[first], test_means[second], params.interpolation_steps))
     strip = np.concatenate([test.images[[first]] / 255.0, between, test.images[[second]] / 255.0])
     images.save_image(mosaic(strip, columns=len(strip)), outputs / "interpolation.png")
@@ -964,10 +982,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         params = load_params(args.root)
         vae = parse_section(params, TECHNIQUE, VaeParams)
+        check_known_concepts(vae)
         runtime = parse_section(params, "runtime", RuntimeParams)
         paths = VaePaths().under(args.root)
         if args.step == "data":
-            prepare_data(paths, vae.data, runtime.seed)
+            prepare_data(paths, vae.data, runtime.seed, args.root)
         elif args.step == "train":
             train_grid(paths, vae.model, vae.train, runtime)
         else:
