@@ -6,6 +6,7 @@ Prefect may run a task in another thread than the flow that opened the run.
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import os
 import subprocess
@@ -124,8 +125,17 @@ def log_metric_rows(
 
 
 def log_keras_model(run_id: str, model, name: str = "model", **kwargs) -> str:
-    """Log a Keras model in MLflow's `keras` flavor on run `run_id`; returns its model URI."""
+    """Log a Keras model in MLflow's `keras` flavor on run `run_id`; returns its model URI.
+
+    The requirements are the installed keras, tensorflow and numpy: MLflow would otherwise infer
+    them by loading the model in a fresh interpreter, ~5 s per model.
+    """
     import mlflow.keras  # flavor module; imported here to keep module import light
+
+    kwargs.setdefault(
+        "pip_requirements",
+        [f"{package}=={importlib.metadata.version(package)}" for package in ("keras", "tensorflow", "numpy")],
+    )
 
     info = mlflow.models.Model.log(
         artifact_path=None, name=name, flavor=mlflow.keras, model=model, run_id=run_id, **kwargs

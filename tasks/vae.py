@@ -540,13 +540,19 @@ def read_history(path: Path) -> list[dict[str, float]]:
 
 def encode(encoder: keras.Model, pixels: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """(n, latent_dim) latent means of uint8 images, converted to floats one batch at a time."""
-    z_mean, _ = encoder.predict(image_dataset(pixels, batch_size, shuffle=False), verbose=0)
-    return np.asarray(z_mean, np.float64)
+    batches = image_dataset(pixels, batch_size, shuffle=False)
+    return np.concatenate([encoder(batch, training=False)[0].numpy() for batch in batches]).astype(np.float64)
 
 
 def decode(decoder: keras.Model, z: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """(n, h, w, c) float images in [0, 1] for (n, latent_dim) latent points."""
-    return np.asarray(decoder.predict(np.asarray(z, np.float32), batch_size=batch_size, verbose=0))
+    z = np.asarray(z, np.float32)
+    return np.concatenate(
+        [
+            decoder(z[start : start + batch_size], training=False).numpy()
+            for start in range(0, len(z), batch_size)
+        ]
+    )
 
 
 @dataclass(frozen=True)
