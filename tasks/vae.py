@@ -891,7 +891,7 @@ def log_training(parent_run_id: str, experiment_id: str, paths: VaePaths) -> dic
     client = mlflow.MlflowClient()
     summary = json.loads((paths.data / "classes.json").read_text(encoding="utf-8"))
     image_shape = tuple(summary["image_shape"])
-    child_ids = {}
+    child_ids, test_losses = {}, []
     for result in json.loads((paths.training / "points.json").read_text()):
         point, metrics = result["point"], result["metrics"]
         with mlflow.start_run(
@@ -933,9 +933,13 @@ def log_training(parent_run_id: str, experiment_id: str, paths: VaePaths) -> dic
                 )
                 tracking.set_tags(run_id, {"encoder_uri": encoder_uri, "decoder_uri": decoder_uri})
             child_ids[result["name"]] = run_id
+            test_losses.append(metrics["test_total_loss"])
         if metrics["diverged_at_epoch"]:
             tracking.set_tags(run_id, {"failure": diverged_message(result)})
             client.set_terminated(run_id, status="FAILED")
+    tracking.log_metrics(
+        parent_run_id, {"best_test_total_loss": min(filter(math.isfinite, test_losses), default=math.nan)}
+    )
     return child_ids
 
 
@@ -962,7 +966,11 @@ def diverged_message(result: dict[str, Any]) -> str:
 
 
 def log_samples(parent_run_id: str, child_run_ids: dict[str, str], paths: VaePaths) -> list[dict[str, Any]]:
-    """Each point's images and concept metrics into its child run; the comparison onto the parent."""
+    """Each point's images and concept metrics into its child run; the comparison onto the parent.
+
+    A concept's target share is one metric stepped by strength in percent ("concept_00/target_share"
+    at steps 0, 50, 100, ...), so MLflow charts it against the strength.
+    """
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -970,7 +978,9 @@ def log_samples(parent_run_id: str, child_run_ids: dict[str, str], paths: VaePat
     for result in results:
         run_id = child_run_ids[result["name"]]
         client.log_artifacts(run_id, str(paths.samples / result["name"]), "samples")
-        tracking.log_metrics(run_id, result["metrics"])
+        for key, value in result["metrics"].items():
+            name, _, strength = key.partition("/strength_")
+            tracking.log_metrics(run_id, {name: value}, step=round(100 * float(strength)) if strength else 0)
     if (paths.samples / "comparison.png").is_file():
         client.log_artifact(parent_run_id, str(paths.samples / "comparison.png"))
     return results

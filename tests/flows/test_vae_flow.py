@@ -100,7 +100,11 @@ def test_one_child_run_per_grid_point_with_losses_per_epoch_and_sample_images(fl
         grid_size = params["sample"]["grid_size"]
         with Image.open(client.download_artifacts(child.info.run_id, "samples/latent_grid.png")) as grid:
             assert grid.size == (grid_size * 28, grid_size * 28)
-        assert 0 <= child.data.metrics["concept_00/target_share/strength_1"] <= 1
+        shares = client.get_metric_history(child.info.run_id, "concept_00/target_share")
+        assert sorted(m.step for m in shares) == [
+            round(100 * s) for s in params["sample"]["concept_strengths"]
+        ]
+        assert all(0 <= m.value <= 1 for m in shares)
 
 
 def test_encoder_and_decoder_load_back_from_mlflow_and_decode(flow_run):
@@ -122,6 +126,8 @@ def test_parent_run_has_the_comparison_of_latent_grids(flow_run):
     parent = client.get_run(result["run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.params["vae.data.dataset"] == "fashion_mnist"
+    best = min(c.data.metrics["test_total_loss"] for c in children_of(result))
+    assert parent.data.metrics["best_test_total_loss"] == pytest.approx(best)
     with Image.open(client.download_artifacts(parent.info.run_id, "comparison.png")) as comparison:
         assert comparison.mode == "RGB" and comparison.height > 420  # one labelled tile per point
 
