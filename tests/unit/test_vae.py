@@ -942,6 +942,20 @@ def test_prepare_data_from_a_folder_end_to_end(tmp_path):
     assert load_split(paths.data / "train.npz").images.shape == (4, 12, 12, 3)
 
 
+def test_mnist_that_cannot_be_downloaded_fails_naming_the_url_and_the_offline_option(monkeypatch):
+    def offline():
+        raise Exception("URL fetch failure on .../mnist.npz: [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    with pytest.raises(data.DownloadError) as error:
+        vae.load_keras_dataset("mnist")
+
+    message = str(error.value)
+    assert vae.KERAS_DATASETS_URL in message and "mnist.npz" in message
+    assert "KERAS_HOME" in message and "fashion_mnist" in message
+    assert error.value.retryable
+
+
 def test_prepare_data_from_fashion_mnist_conforms_and_caps_the_splits(tmp_path, fashion):
     paths = VaePaths().under(tmp_path)
     params = VaeDataParams(
