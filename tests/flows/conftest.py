@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -113,6 +115,31 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True
     )
+
+
+def params_of(root: Path) -> dict:
+    return yaml.safe_load((root / "params.yaml").read_text())
+
+
+def children_of(result: dict) -> list:
+    """The MLflow child runs under the parent run of a flow's result."""
+    import mlflow
+
+    return mlflow.search_runs(
+        [result["experiment_id"]],
+        filter_string=f"tags.mlflow.parentRunId = '{result['run_id']}'",
+        output_format="list",
+    )
+
+
+@contextmanager
+def flow_run_in_repo_copy(folder: Path, flow) -> Iterator[tuple[Path, dict]]:
+    """Run `flow` once in a repo copy under `folder`, into a temporary MLflow store and experiment."""
+    root = make_repo_copy(folder / "repo")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root.parent / 'mlflow' / 'mlflow.db'}")
+        patch.setenv("MLFLOW_EXPERIMENT_NAME", f"{flow.name}-{uuid.uuid4().hex[:8]}")
+        yield root, flow(root=root)
 
 
 @pytest.fixture

@@ -4,33 +4,30 @@ stages, one MLflow child run per layer setting, the comparison grid, and bad inp
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from flows.deepdream import deepdream_flow
 from tasks.pipeline import StageFailed
-from tests.flows.conftest import dvc, make_repo_copy, write_params
+from tests.flows.conftest import (
+    dvc,
+    flow_run_in_repo_copy,
+    make_repo_copy,
+    params_of,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def flow_run(tmp_path_factory):
-    root = make_repo_copy(tmp_path_factory.mktemp("deepdream-flow") / "repo")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root.parent / 'mlflow' / 'mlflow.db'}")
-        patch.setenv("MLFLOW_EXPERIMENT_NAME", f"deepdream-{uuid.uuid4().hex[:8]}")
-        yield root, deepdream_flow(root=root)
-
-
-def params_of(root: Path) -> dict:
-    return yaml.safe_load((root / "params.yaml").read_text())
+    with flow_run_in_repo_copy(tmp_path_factory.mktemp("deepdream-flow"), deepdream_flow) as run:
+        yield run
 
 
 def test_flow_runs_the_dvc_stages_and_leaves_nothing_to_reproduce(flow_run):

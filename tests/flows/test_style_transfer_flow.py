@@ -8,42 +8,32 @@ import itertools
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from flows.style_transfer import style_transfer_flow
 from tasks.images import resolve_source
 from tasks.pipeline import StageFailed
-from tests.flows.conftest import dvc, make_repo_copy, write_params
+from tests.flows.conftest import (
+    children_of,
+    dvc,
+    flow_run_in_repo_copy,
+    make_repo_copy,
+    params_of,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def flow_run(tmp_path_factory):
-    root = make_repo_copy(tmp_path_factory.mktemp("style-transfer-flow") / "repo")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root.parent / 'mlflow' / 'mlflow.db'}")
-        patch.setenv("MLFLOW_EXPERIMENT_NAME", f"style-transfer-{uuid.uuid4().hex[:8]}")
-        yield root, style_transfer_flow(root=root)
-
-
-def params_of(root: Path) -> dict:
-    return yaml.safe_load((root / "params.yaml").read_text())
-
-
-def children_of(result: dict) -> list:
-    return mlflow.search_runs(
-        [result["experiment_id"]],
-        filter_string=f"tags.mlflow.parentRunId = '{result['run_id']}'",
-        output_format="list",
-    )
+    with flow_run_in_repo_copy(tmp_path_factory.mktemp("style-transfer-flow"), style_transfer_flow) as run:
+        yield run
 
 
 def test_flow_runs_the_dvc_stages_and_leaves_nothing_to_reproduce(flow_run):

@@ -14,7 +14,7 @@ import yaml
 
 from flows.text import text_generation
 from tasks.pipeline import StageFailed
-from tests.flows.conftest import dvc, make_repo_copy, write_params
+from tests.flows.conftest import dvc, make_repo_copy, params_of, write_params
 
 pytestmark = pytest.mark.slow
 STAGES = ["text_download", "text_prepare", "text_train", "text_sample"]
@@ -41,10 +41,6 @@ def child_runs(parent_run_id: str, experiment_id: str):
     return mlflow.search_runs(
         [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", output_format="list"
     )
-
-
-def params_of(root: Path) -> dict:
-    return yaml.safe_load((root / "params.yaml").read_text())
 
 
 def test_flow_runs_every_dvc_stage_and_leaves_nothing_to_reproduce(flow_run):

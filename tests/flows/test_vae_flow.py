@@ -7,19 +7,24 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from flows.vae import vae_flow
 from tasks.pipeline import StageFailed
 from tasks.vae import TrainingDiverged
-from tests.flows.conftest import dvc, make_repo_copy, write_params
+from tests.flows.conftest import (
+    children_of,
+    dvc,
+    flow_run_in_repo_copy,
+    make_repo_copy,
+    params_of,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -34,23 +39,8 @@ SAMPLE_IMAGES = {
 
 @pytest.fixture(scope="module")
 def flow_run(tmp_path_factory):
-    root = make_repo_copy(tmp_path_factory.mktemp("vae-flow") / "repo")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root.parent / 'mlflow' / 'mlflow.db'}")
-        patch.setenv("MLFLOW_EXPERIMENT_NAME", f"vae-{uuid.uuid4().hex[:8]}")
-        yield root, vae_flow(root=root)
-
-
-def params_of(root: Path) -> dict:
-    return yaml.safe_load((root / "params.yaml").read_text())
-
-
-def children_of(result: dict) -> list:
-    return mlflow.search_runs(
-        [result["experiment_id"]],
-        filter_string=f"tags.mlflow.parentRunId = '{result['run_id']}'",
-        output_format="list",
-    )
+    with flow_run_in_repo_copy(tmp_path_factory.mktemp("vae-flow"), vae_flow) as run:
+        yield run
 
 
 def test_flow_runs_the_dvc_stages_and_leaves_nothing_to_reproduce(flow_run):
