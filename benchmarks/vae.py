@@ -129,7 +129,7 @@ def gendl_training(
 
     def load():
         # What the data step stores and the train step loads: uint8 with a channel axis.
-        train, _ = gendl.load_keras_dataset("fashion_mnist")
+        train, _ = gendl.load_keras_dataset("fashion_mnist", "vae")
         return gendl.conform(train.images, image_size=28, channels=1)
 
     train_images, data_seconds = timed(load)

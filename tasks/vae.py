@@ -36,9 +36,20 @@ import numpy as np
 import pydantic
 import tensorflow as tf
 from keras import layers, ops
-from PIL import Image, ImageOps
 
 from tasks import data, images, steps, tracking
+from tasks.datasets import (
+    CLASS_NAMES,
+    DatasetError,
+    Split,
+    conform,
+    image_dataset,
+    load_keras_dataset,
+    load_split,
+    read_folder,
+    save_split,
+    split_folder,
+)
 from tasks.params import Params, ParamsError, load_params, parse_section
 from tasks.runtime import RuntimeParams, configure_runtime
 from tasks.training import Progress, save_model_atomically
@@ -46,23 +57,6 @@ from tasks.training import Progress, save_model_atomically
 log = logging.getLogger(__name__)
 
 TECHNIQUE = "vae"
-KERAS_DATASETS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
-CLASS_NAMES = {  # the labels of the Keras datasets, in label order
-    "mnist": [str(digit) for digit in range(10)],
-    "fashion_mnist": [
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ],
-}
-DOWNLOADED_FILES = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist/train-images-idx3-ubyte.gz"}
 LOSS_TERMS = ("total_loss", "reconstruction_loss", "kl_loss")
 
 
@@ -204,140 +198,6 @@ def varying_fields(points: Sequence[GridPoint]) -> list[str]:
 
 
 # --- Data -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Split:
-    images: np.ndarray  # (n, size, size, channels) uint8
-    labels: np.ndarray  # (n,) int32, indices into the class names
-
-
-def load_keras_dataset(name: str) -> tuple[Split, Split]:
-    """MNIST or Fashion-MNIST through keras.datasets (cached in $KERAS_HOME/datasets)."""
-    loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist}[name]
-    try:
-        with data.network_timeout():
-            (train_images, train_labels), (test_images, test_labels) = loader.load_data()
-    # load_data re-raises URL and HTTP failures as bare `Exception`, so nothing narrower catches them.
-    except Exception as error:
-        raise data.DownloadError(
-            f"could not load {name} from {KERAS_DATASETS_URL}: {error}. Offline? "
-            + data.offline_hint(DOWNLOADED_FILES[name])
-            + " (it has Fashion-MNIST: set vae.data.dataset to fashion_mnist)",
-            retryable=True,
-        ) from None
-    train = Split(train_images, train_labels.astype(np.int32))
-    return train, Split(test_images, test_labels.astype(np.int32))
-
-
-def conform(pixels: np.ndarray, image_size: int, channels: int, batch_size: int = 4096) -> np.ndarray:
-    """(n, h, w[, c]) uint8 -> (n, image_size, image_size, channels) uint8: resized, and grey <-> RGB
-    converted as needed (RGB -> grey by luminance)."""
-    if pixels.ndim == 3:
-        pixels = pixels[..., None]
-    if pixels.ndim != 4 or pixels.shape[-1] not in (1, 3):
-        raise VaeError(f"expected images of shape (n, height, width[, 1 or 3]), got {pixels.shape}")
-    if pixels.shape[1:] == (image_size, image_size, channels):
-        return pixels
-    conformed = []
-    for start in range(0, len(pixels), batch_size):
-        batch = tf.convert_to_tensor(pixels[start : start + batch_size], tf.float32)
-        if batch.shape[-1] != channels:
-            batch = tf.image.grayscale_to_rgb(batch) if channels == 3 else tf.image.rgb_to_grayscale(batch)
-        if batch.shape[1:3] != (image_size, image_size):
-            batch = tf.image.resize(batch, (image_size, image_size), method="area", antialias=True)
-        conformed.append(images.to_uint8(batch.numpy()))
-    return np.concatenate(conformed)
-
-
-def read_folder(folder: Path, image_size: int, channels: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Every readable image under `folder`, centre-cropped to a square, resized and converted.
-
-    Subfolders are classes (as keras.utils.image_dataset_from_directory names them); images
-    directly in `folder` form one class named after it. Unreadable files are skipped and counted.
-    """
-    if not folder.is_dir():
-        raise VaeError(f"image folder {folder} not found")
-    class_folders = sorted(
-        path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")
-    )
-    groups = [(path.name, sorted(p for p in path.rglob("*") if p.is_file())) for path in class_folders]
-    loose = sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
-    if loose:
-        groups.insert(0, (folder.name, loose))
-    pixels, labels, class_names, skipped = [], [], [], []
-    for name, files in groups:
-        count = 0
-        for path in files:
-            try:
-                rgb = images.read_image(path)
-            except images.ImageError:
-                skipped.append(path.name)
-                continue
-            square = ImageOps.fit(
-                Image.fromarray(images.to_uint8(rgb)), (image_size, image_size), Image.LANCZOS
-            )
-            array = np.asarray(square.convert("L" if channels == 1 else "RGB"))
-            pixels.append(array.reshape(image_size, image_size, channels))
-            labels.append(len(class_names))
-            count += 1
-        if count:
-            class_names.append(name)
-    if skipped:
-        log.warning(
-            "skipped %d unreadable files in %s, e.g. %s", len(skipped), folder, ", ".join(skipped[:5])
-        )
-    if not pixels:
-        looked_at = sum(len(files) for _, files in groups)
-        raise VaeError(f"image folder {folder} has no readable images ({looked_at} files looked at)")
-    return np.stack(pixels), np.asarray(labels, np.int32), class_names
-
-
-def split_folder(pixels: np.ndarray, labels: np.ndarray, test_split: float, seed: int) -> tuple[Split, Split]:
-    """A seeded random split into train and test, both non-empty."""
-    num_test = round(len(pixels) * test_split)
-    if num_test < 1 or num_test >= len(pixels):
-        raise VaeError(
-            f"{len(pixels)} images cannot be split with test_split={test_split}: "
-            "both the train and the test split need at least one image"
-        )
-    order = np.random.default_rng(seed).permutation(len(pixels))
-    test, train = order[:num_test], order[num_test:]
-    return Split(pixels[train], labels[train]), Split(pixels[test], labels[test])
-
-
-def save_split(split: Split, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.partial.npz")
-    np.savez(temporary, images=split.images, labels=split.labels)
-    temporary.replace(path)
-
-
-def load_split(path: Path) -> Split:
-    if not path.is_file():
-        raise VaeError(f"{path} not found: run the data step first")
-    with np.load(path) as arrays:
-        return Split(arrays["images"], arrays["labels"])
-
-
-def image_dataset(
-    pixels: np.ndarray, batch_size: int, shuffle: bool, seed: int | None = None
-) -> tf.data.Dataset:
-    """Batches of (batch, h, w, c) float32 in [0, 1], converted per batch from the uint8 images
-    (4x less memory than the book's float array). Only indices are shuffled (no second copy of the
-    images in a shuffle buffer); each batch is gathered in one op."""
-    stored = tf.constant(pixels)
-    indices = tf.data.Dataset.range(len(pixels))
-    if shuffle:
-        indices = indices.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
-    return (
-        indices.batch(batch_size)
-        .map(
-            lambda batch: tf.cast(tf.gather(stored, batch), tf.float32) / 255.0,
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        .prefetch(tf.data.AUTOTUNE)
-    )
 
 
 # --- Model and losses -------------------------------------------------------------------------
@@ -696,7 +556,7 @@ def prepare_data(paths: VaePaths, params: VaeDataParams, seed: int, root: Path =
         pixels, labels, class_names = read_folder(root / params.folder, params.image_size, params.channels)
         train, test = split_folder(pixels, labels, params.test_split, seed)
     else:
-        train, test = load_keras_dataset(params.dataset)
+        train, test = load_keras_dataset(params.dataset, TECHNIQUE)
         class_names = CLASS_NAMES[params.dataset]
     train = Split(
         conform(train.images[: params.max_train_images or None], params.image_size, params.channels),
@@ -1007,7 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             train_grid(paths, vae.model, vae.train, runtime)
         else:
             sample_grid(paths, vae.sample, runtime.seed)
-    except (ParamsError, VaeError, images.ImageError, data.DownloadError) as error:
+    except (ParamsError, VaeError, DatasetError, images.ImageError, data.DownloadError) as error:
         return steps.report_error(error)
     return 0
 

@@ -20,7 +20,8 @@ import tensorflow as tf
 from keras import ops
 from PIL import Image
 
-from tasks import data, vae
+from tasks import data, datasets, vae
+from tasks.datasets import DatasetError
 from tasks.params import ParamsError, dump_yaml, load_params, parse_section
 from tasks.runtime import RuntimeParams
 from tasks.vae import (
@@ -144,7 +145,7 @@ def png_size(path: Path) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def fashion() -> tuple[Split, Split]:
     """Fashion-MNIST from the Keras cache copy (there is no network in tests)."""
-    return vae.load_keras_dataset("fashion_mnist")
+    return vae.load_keras_dataset("fashion_mnist", "vae")
 
 
 @pytest.fixture(scope="module")
@@ -751,7 +752,7 @@ def test_conform_leaves_conforming_images_alone():
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 2), (2, 8, 8, 4), (8, 8), (1, 2, 8, 8, 1)])
 def test_conform_rejects_images_of_other_shapes(shape):
-    with pytest.raises(VaeError, match=r"expected images of shape") as error:
+    with pytest.raises(DatasetError, match=r"expected images of shape") as error:
         conform(np.zeros(shape, np.uint8), 8, 1)
 
     assert str(shape) in str(error.value)
@@ -837,19 +838,19 @@ def test_read_folder_without_readable_images_says_so(tmp_path):
     (folder / "class" / "notes.txt").write_text("hello")
     (folder / "readme.md").write_text("hello")
 
-    with pytest.raises(VaeError, match=r"has no readable images \(2 files looked at\)") as error:
+    with pytest.raises(DatasetError, match=r"has no readable images \(2 files looked at\)") as error:
         read_folder(folder, 8, 1)
 
     assert str(folder) in str(error.value)
 
 
 def test_read_folder_of_an_empty_folder_says_so(tmp_path):
-    with pytest.raises(VaeError, match=r"no readable images \(0 files looked at\)"):
+    with pytest.raises(DatasetError, match=r"no readable images \(0 files looked at\)"):
         read_folder(tmp_path, 8, 1)
 
 
 def test_read_folder_that_does_not_exist_says_so(tmp_path):
-    with pytest.raises(VaeError, match="not found"):
+    with pytest.raises(DatasetError, match="not found"):
         read_folder(tmp_path / "missing", 8, 1)
 
 
@@ -881,14 +882,14 @@ def test_split_folder_keeps_train_and_test_disjoint_and_is_seeded():
 def test_split_folder_rejects_too_few_images(count, test_split):
     pixels, labels = numbered_images(count)
 
-    with pytest.raises(VaeError, match="cannot be split") as error:
+    with pytest.raises(DatasetError, match="cannot be split") as error:
         split_folder(pixels, labels, test_split, seed=0)
 
     assert f"{count} images" in str(error.value) and f"test_split={test_split}" in str(error.value)
 
 
 def test_load_split_of_a_missing_file_names_the_step_to_run(tmp_path):
-    with pytest.raises(VaeError, match="run the data step first"):
+    with pytest.raises(DatasetError, match="run the data step first"):
         load_split(tmp_path / "train.npz")
 
 
@@ -948,10 +949,10 @@ def test_mnist_that_cannot_be_downloaded_fails_naming_the_url_and_the_offline_op
 
     monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
     with pytest.raises(data.DownloadError) as error:
-        vae.load_keras_dataset("mnist")
+        vae.load_keras_dataset("mnist", "vae")
 
     message = str(error.value)
-    assert vae.KERAS_DATASETS_URL in message and "mnist.npz" in message
+    assert datasets.KERAS_DATASETS_URL in message and "mnist.npz" in message
     assert "KERAS_HOME" in message and "fashion_mnist" in message
     assert error.value.retryable
 

@@ -1,0 +1,174 @@
+"""Image datasets the techniques that learn a distribution of images share (the VAE, the GAN):
+MNIST and Fashion-MNIST through keras.datasets, or a folder of images with class subfolders,
+conformed to one size and channel count, stored as uint8 and fed to Keras a batch at a time."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image, ImageOps
+
+from tasks import data, images
+
+log = logging.getLogger(__name__)
+
+KERAS_DATASETS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+CLASS_NAMES = {  # the labels of the Keras datasets, in label order
+    "mnist": [str(digit) for digit in range(10)],
+    "fashion_mnist": [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ],
+}
+DOWNLOADED_FILES = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist/train-images-idx3-ubyte.gz"}
+
+
+class DatasetError(ValueError):
+    """An image folder or stored split that cannot be used, or images of an unusable shape."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # (n, size, size, channels) uint8
+    labels: np.ndarray  # (n,) int32, indices into the class names
+
+
+def load_keras_dataset(name: str, section: str) -> tuple[Split, Split]:
+    """MNIST or Fashion-MNIST through keras.datasets (cached in $KERAS_HOME/datasets)."""
+    loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist}[name]
+    try:
+        with data.network_timeout():
+            (train_images, train_labels), (test_images, test_labels) = loader.load_data()
+    # load_data re-raises URL and HTTP failures as bare `Exception`, so nothing narrower catches them.
+    except Exception as error:
+        raise data.DownloadError(
+            f"could not load {name} from {KERAS_DATASETS_URL}: {error}. Offline? "
+            + data.offline_hint(DOWNLOADED_FILES[name])
+            + f" (it has Fashion-MNIST: set {section}.data.dataset to fashion_mnist)",
+            retryable=True,
+        ) from None
+    train = Split(train_images, train_labels.astype(np.int32))
+    return train, Split(test_images, test_labels.astype(np.int32))
+
+
+def conform(pixels: np.ndarray, image_size: int, channels: int, batch_size: int = 4096) -> np.ndarray:
+    """(n, h, w[, c]) uint8 -> (n, image_size, image_size, channels) uint8: resized, and grey <-> RGB
+    converted as needed (RGB -> grey by luminance)."""
+    if pixels.ndim == 3:
+        pixels = pixels[..., None]
+    if pixels.ndim != 4 or pixels.shape[-1] not in (1, 3):
+        raise DatasetError(f"expected images of shape (n, height, width[, 1 or 3]), got {pixels.shape}")
+    if pixels.shape[1:] == (image_size, image_size, channels):
+        return pixels
+    conformed = []
+    for start in range(0, len(pixels), batch_size):
+        batch = tf.convert_to_tensor(pixels[start : start + batch_size], tf.float32)
+        if batch.shape[-1] != channels:
+            batch = tf.image.grayscale_to_rgb(batch) if channels == 3 else tf.image.rgb_to_grayscale(batch)
+        if batch.shape[1:3] != (image_size, image_size):
+            batch = tf.image.resize(batch, (image_size, image_size), method="area", antialias=True)
+        conformed.append(images.to_uint8(batch.numpy()))
+    return np.concatenate(conformed)
+
+
+def read_folder(folder: Path, image_size: int, channels: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every readable image under `folder`, centre-cropped to a square, resized and converted.
+
+    Subfolders are classes (as keras.utils.image_dataset_from_directory names them); images
+    directly in `folder` form one class named after it. Unreadable files are skipped and counted.
+    """
+    if not folder.is_dir():
+        raise DatasetError(f"image folder {folder} not found")
+    class_folders = sorted(
+        path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")
+    )
+    groups = [(path.name, sorted(p for p in path.rglob("*") if p.is_file())) for path in class_folders]
+    loose = sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+    if loose:
+        groups.insert(0, (folder.name, loose))
+    pixels, labels, class_names, skipped = [], [], [], []
+    for name, files in groups:
+        count = 0
+        for path in files:
+            try:
+                rgb = images.read_image(path)
+            except images.ImageError:
+                skipped.append(path.name)
+                continue
+            square = ImageOps.fit(
+                Image.fromarray(images.to_uint8(rgb)), (image_size, image_size), Image.LANCZOS
+            )
+            array = np.asarray(square.convert("L" if channels == 1 else "RGB"))
+            pixels.append(array.reshape(image_size, image_size, channels))
+            labels.append(len(class_names))
+            count += 1
+        if count:
+            class_names.append(name)
+    if skipped:
+        log.warning(
+            "skipped %d unreadable files in %s, e.g. %s", len(skipped), folder, ", ".join(skipped[:5])
+        )
+    if not pixels:
+        looked_at = sum(len(files) for _, files in groups)
+        raise DatasetError(f"image folder {folder} has no readable images ({looked_at} files looked at)")
+    return np.stack(pixels), np.asarray(labels, np.int32), class_names
+
+
+def split_folder(pixels: np.ndarray, labels: np.ndarray, test_split: float, seed: int) -> tuple[Split, Split]:
+    """A seeded random split into train and test, both non-empty."""
+    num_test = round(len(pixels) * test_split)
+    if num_test < 1 or num_test >= len(pixels):
+        raise DatasetError(
+            f"{len(pixels)} images cannot be split with test_split={test_split}: "
+            "both the train and the test split need at least one image"
+        )
+    order = np.random.default_rng(seed).permutation(len(pixels))
+    test, train = order[:num_test], order[num_test:]
+    return Split(pixels[train], labels[train]), Split(pixels[test], labels[test])
+
+
+def save_split(split: Split, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.partial.npz")
+    np.savez(temporary, images=split.images, labels=split.labels)
+    temporary.replace(path)
+
+
+def load_split(path: Path) -> Split:
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: run the data step first")
+    with np.load(path) as arrays:
+        return Split(arrays["images"], arrays["labels"])
+
+
+def image_dataset(
+    pixels: np.ndarray, batch_size: int, shuffle: bool, seed: int | None = None
+) -> tf.data.Dataset:
+    """Batches of (batch, h, w, c) float32 in [0, 1], converted per batch from the uint8 images
+    (4x less memory than the book's float array). Only indices are shuffled (no second copy of the
+    images in a shuffle buffer); each batch is gathered in one op."""
+    stored = tf.constant(pixels)
+    indices = tf.data.Dataset.range(len(pixels))
+    if shuffle:
+        indices = indices.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
+    return (
+        indices.batch(batch_size)
+        .map(
+            lambda batch: tf.cast(tf.gather(stored, batch), tf.float32) / 255.0,
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        .prefetch(tf.data.AUTOTUNE)
+    )
