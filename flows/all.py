@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows import deepdream, style_transfer, text, vae
+from flows import deepdream, gan, style_transfer, text, vae
 from flows.cli import REPO_ROOT, run_cli
 
 
@@ -19,6 +19,7 @@ def validate(params: dict[str, Any]) -> None:
     deepdream.validate(params)
     style_transfer.validate(params)
     vae.validate(params)
+    gan.validate(params)
 
 
 @flow(name="gendl")
@@ -34,6 +35,7 @@ def all_techniques(profile: str | None = None, root: Path = REPO_ROOT) -> dict[s
         "deepdream": deepdream.deepdream_flow(profile=profile, root=root),
         "style_transfer": style_transfer.style_transfer_flow(profile=profile, root=root),
         "vae": vae.vae_flow(profile=profile, root=root),
+        "gan": gan.gan_flow(profile=profile, root=root),
     }
 
 

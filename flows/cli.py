@@ -14,7 +14,7 @@ from tasks import tracking
 from tasks.params import ParamsError, available_profiles, check_sections, load_params, parse_section
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-KNOWN_SECTIONS = {"runtime", "tracking", "text", "deepdream", "style_transfer", "vae"}
+KNOWN_SECTIONS = {"runtime", "tracking", "text", "deepdream", "style_transfer", "vae", "gan"}
 
 
 def run_cli(flow_function: Callable[..., Any], validate: Callable[[dict], None]) -> int:

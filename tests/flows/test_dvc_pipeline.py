@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from flows.cli import KNOWN_SECTIONS
-from tasks import deepdream, style_transfer, text, vae
+from tasks import deepdream, gan, style_transfer, text, vae
 from tasks.pipeline import load_stages
 from tests.conftest import REPO_ROOT
 from tests.flows.conftest import dvc
@@ -27,6 +27,7 @@ STEPS = {  # technique -> (module the stages run, its CLI steps, its params mode
         style_transfer.StyleTransferPaths,
     ),
     "vae": ("tasks.vae", {"data", "train", "sample"}, vae.VaeParams, vae.VaePaths),
+    "gan": ("tasks.gan", {"data", "classifier", "train"}, gan.GanParams, gan.GanPaths),
 }
 
 
@@ -111,6 +112,7 @@ def test_dvc_repro_and_exp_run_reproduce_the_pipeline_without_prefect(repo_copy)
         "temperature_1.txt",
     ]
     assert (repo_copy / "outputs/vae/samples/comparison.png").is_file()
+    assert (repo_copy / "outputs/gan/training/comparison.png").is_file()
     model_md5 = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]["text_train"]["outs"][0]["md5"]
 
     # A sweep over a sampling knob re-runs sampling only, and keeps params.yaml in sync with it.
