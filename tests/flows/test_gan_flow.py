@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import mlflow
 import numpy as np
 import pytest
 
 from flows.gan import gan_flow
+from tasks.gan import read_rows
 from tests.flows.conftest import (
     children_of,
     dvc,
@@ -122,3 +124,41 @@ def test_an_image_size_the_generator_cannot_reach_fails_in_one_line_before_anyth
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "gan.data.image_size" in error and "multiple of 4" in error
     assert not (root / "data").exists() and not (root / "mlflow").exists()
+
+
+def test_a_killed_training_resumes_at_its_last_finished_epoch(flow_run):
+    root, _ = flow_run
+    params = params_of(root)
+    original = params["gan"]["train"]
+    params["gan"]["train"] = {**original, "label_noise": [0.05], "epochs": 3}
+    write_params(root, params)
+    try:
+        training = subprocess.Popen(
+            [sys.executable, "-m", "tasks.gan", "train"], cwd=root, stdout=subprocess.DEVNULL
+        )
+        try:  # BackupAndRestore saves an epoch before the epoch's row is written: kill after epoch 2's row
+            deadline = time.monotonic() + 300
+            while not any(len(read_rows(path)) >= 2 for path in root.glob(".gendl/gan/*/epochs.csv")):
+                assert training.poll() is None and time.monotonic() < deadline, (
+                    "training ended before epoch 2"
+                )
+                time.sleep(0.2)
+        finally:
+            training.kill()
+            training.wait()
+        (first_grid,) = root.glob(".gendl/gan/*/grids/epoch_001.png")
+        written = first_grid.stat().st_mtime_ns
+
+        result = gan_flow(root=root)
+    finally:
+        params["gan"]["train"] = original
+        write_params(root, params)
+
+    # Resumed, not restarted: epoch 1's grid is the killed run's (copied with its time stamp).
+    assert (root / "outputs/gan/training/point_00/grids/epoch_001.png").stat().st_mtime_ns == written
+    rows = read_rows(root / "outputs/gan/training/point_00/epochs.csv")
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    steps = [row["step"] for row in read_rows(root / "outputs/gan/training/point_00/steps.csv")]
+    assert steps == list(range(1, len(steps) + 1))
+    (child,) = children_of(result)
+    assert child.info.status == "FINISHED"
