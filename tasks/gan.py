@@ -681,8 +681,10 @@ def train_grid(
         for model in folder.glob("*generator.keras"):
             shutil.copy2(model, paths.models / name / model.name)
         shutil.copytree(folder, paths.training / name, ignore=shutil.ignore_patterns("backup", "*.keras"))
-        if metrics["epochs_completed"]:
-            finals.append((label, images.read_image(sorted((folder / "grids").glob("epoch_*.png"))[-1])))
+        for prefix, suffix in (("", ""), ("ema_", " (EMA)")):  # the last good epoch's samples
+            last_grid = folder / "grids" / f"{prefix}epoch_{metrics['epochs_completed']:03d}.png"
+            if metrics["epochs_completed"] and last_grid.is_file():
+                finals.append((label + suffix, images.read_image(last_grid)))
         shutil.rmtree(folder)  # finished: nothing left to resume
         results.append(result)
     if finals:

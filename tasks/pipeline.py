@@ -22,7 +22,7 @@ from tasks.steps import read_error
 
 # TensorFlow's start-up lines (absl INFO/WARNING, CPU instruction notes): kept at debug level.
 _FRAMEWORK_NOISE = re.compile(
-    r"^([IW]\d{4} \d\d:\d\d:\d\d|E\d{4} .*cuInit|WARNING: All log messages before absl"
+    r"^([IW]\d{4} \d\d:\d\d:\d\d|E\d{4} .*(cuInit|remapper failed)|WARNING: All log messages before absl"
     r"|To enable the following instructions)"
 )
 
