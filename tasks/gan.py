@@ -26,7 +26,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +39,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from tasks import data, images, steps, tracking
+from tasks.backbones import BackboneError, load_backbone
 from tasks.datasets import (
     CLASS_NAMES,
     DatasetError,
@@ -124,6 +125,7 @@ class GanTrainParams(Params):
 
 
 class GanScoreParams(Params):
+    features: Literal["classifier", "inception_v3"]  # whose features the Frechet distance compares
     classifier_epochs: int = pydantic.Field(ge=1)
     num_images: int = pydantic.Field(ge=2)  # generated and real images per Frechet distance
 
@@ -360,12 +362,35 @@ def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, 
     return float(max(distance, 0.0))
 
 
-def features_of(extractor: keras.Model, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Classifier features of images, uint8 or float in [0, 1]."""
+def score_features(
+    classifier_path: Path, features: str, weights: str = "pretrained"
+) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Images in [0, 1] -> the features the score compares: the pipeline's classifier's "features"
+    layer, or InceptionV3's pooled last block (the FID's own space; needs ImageNet weights)."""
+    if features == "classifier":
+        classifier = keras.models.load_model(classifier_path)
+        return keras.Model(classifier.input, classifier.get_layer("features").output)
+    try:
+        extract = load_backbone("inception_v3", weights).feature_extractor(["mixed10"])
+    except BackboneError as error:
+        raise GanError(f"{error}; or set gan.score.features to classifier") from None
+
+    def inception_features(batch: tf.Tensor) -> tf.Tensor:
+        batch = tf.image.grayscale_to_rgb(batch) if batch.shape[-1] == 1 else batch
+        batch = tf.image.resize(batch, (299, 299), method="bilinear")
+        return tf.reduce_mean(extract(batch * 2.0 - 1.0)["mixed10"], axis=(1, 2))
+
+    return inception_features
+
+
+def features_of(
+    extractor: Callable[[tf.Tensor], tf.Tensor], pixels: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """Score features of images, uint8 or float in [0, 1]."""
     scale = 255.0 if pixels.dtype == np.uint8 else 1.0
     return np.concatenate(
         [
-            extractor(pixels[start : start + batch_size].astype(np.float32) / scale, training=False).numpy()
+            np.asarray(extractor(tf.constant(pixels[start : start + batch_size].astype(np.float32) / scale)))
             for start in range(0, len(pixels), batch_size)
         ]
     ).astype(np.float64)
@@ -653,8 +678,7 @@ def train_grid(
         raise GanError(
             f"the score needs at least 2 held-out real images, {paths.data / 'test.npz'} has {len(test.images)}"
         )
-    classifier = keras.models.load_model(paths.classifier / "classifier.keras")
-    extractor = keras.Model(classifier.input, classifier.get_layer("features").output)
+    extractor = score_features(paths.classifier / "classifier.keras", params.score.features)
     points = grid_points(params.train, params.model)
     varying = varying_fields(points)
     settings = {

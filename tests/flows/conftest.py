@@ -85,7 +85,7 @@ def tiny_params(corpus: Path) -> dict:
     gan["train"].update(
         epochs=2, batch_size=64, learning_rate=[0.0005], label_noise=[0.05, 0.2], ema_decay=0.9
     )
-    gan["score"].update(classifier_epochs=1, num_images=200)
+    gan["score"].update(features="classifier", classifier_epochs=1, num_images=200)
     return params
 
 
