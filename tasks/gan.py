@@ -215,7 +215,6 @@ def build_generator(image_shape: tuple[int, int, int], latent_dim: int, width: f
     start = size // 2**upsamplings
     inputs = keras.Input(shape=(latent_dim,), name="z")
     x = layers.Dense(start * start * filters(128, width))(inputs)
-    x = layers.LeakyReLU(negative_slope=0.2)(x)
     x = layers.Reshape((start, start, filters(128, width)))(x)
     for count in (128, 256, 512)[-upsamplings:]:
         x = layers.Conv2DTranspose(filters(count, width), kernel_size=4, strides=2, padding="same")(x)
@@ -256,7 +255,7 @@ class GAN(keras.Model):
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
 
     def compile(self, d_optimizer, g_optimizer, **kwargs):
-        super().compile(**kwargs)
+        super().compile(optimizer=None, **kwargs)  # the two below do the work
         self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
         # Built now, so a resumed run can load their state before the first step.
         self.d_optimizer.build(self.discriminator.trainable_variables)
@@ -279,14 +278,16 @@ class GAN(keras.Model):
         with tf.GradientTape() as tape:
             d_loss = keras.losses.binary_crossentropy(labels, self.discriminator(combined, training=True))
             d_loss = ops.mean(d_loss)
-        gradients = tape.gradient(self.d_optimizer.scale_loss(d_loss), self.discriminator.trainable_weights)
+            scaled = self.d_optimizer.scale_loss(d_loss)
+        gradients = tape.gradient(scaled, self.discriminator.trainable_weights)
         self.d_optimizer.apply(gradients, self.discriminator.trainable_weights)
 
         latents = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
         with tf.GradientTape() as tape:
             predictions = self.discriminator(self.generator(latents, training=True), training=True)
             g_loss = ops.mean(keras.losses.binary_crossentropy(ops.zeros((batch_size, 1)), predictions))
-        gradients = tape.gradient(self.g_optimizer.scale_loss(g_loss), self.generator.trainable_weights)
+            scaled = self.g_optimizer.scale_loss(g_loss)
+        gradients = tape.gradient(scaled, self.generator.trainable_weights)
         self.g_optimizer.apply(gradients, self.generator.trainable_weights)
         if self.ema_generator is not None:
             for average, weight in zip(self.ema_generator.weights, self.generator.weights):
@@ -441,16 +442,14 @@ class EpochRecords(keras.callbacks.Callback):
         generators = {"": self.model.generator}
         if self.model.ema_generator is not None:
             generators["ema_"] = self.model.ema_generator
-        for prefix, generator in generators.items():
+        finite = all(math.isfinite(value) for value in row.values())
+        for prefix, generator in generators.items() if finite else ():  # a NaN epoch has nothing to show
             images.save_image(
                 sample_grid(generate(generator, self.latents)),
                 self.folder / "grids" / f"{prefix}epoch_{epoch + 1:03d}.png",
             )
-            if all(math.isfinite(value) for value in row.values()):
-                statistics = feature_statistics(
-                    features_of(self.extractor, generate(generator, score_latents))
-                )
-                row[f"{prefix}frechet_distance"] = frechet_distance(*statistics, *self.real_statistics)
+            statistics = feature_statistics(features_of(self.extractor, generate(generator, score_latents)))
+            row[f"{prefix}frechet_distance"] = frechet_distance(*statistics, *self.real_statistics)
         self.epoch_rows.append(row)
         write_rows(self.epochs_path, self.epoch_rows)
         write_rows(self.steps_path, self.step_rows)
@@ -468,6 +467,9 @@ class Guard(keras.callbacks.Callback):
         self.diverged_at_epoch = self.collapsed_at_epoch = self.last_good_epoch = 0
         self.suspicious_epochs = 0
         self.previous_g_loss = math.inf
+
+    def on_train_begin(self, logs=None):
+        self.last_good_epoch = getattr(self.model, "_initial_epoch", 0) or 0
 
     def on_train_batch_end(self, batch, logs=None):
         if not all(math.isfinite(float(value)) for value in (logs or {}).values()):
@@ -500,6 +502,19 @@ class Guard(keras.callbacks.Callback):
             )
             if self.action == "stop":
                 self.model.stop_training = True
+
+
+class BackupAfterRecords(keras.callbacks.BackupAndRestore):
+    """Keras's resume, restoring as the first callback but saving only when `save` is called by the
+    last one: a kill while an epoch's records are written never leaves the backup ahead of them.
+    An epoch with a NaN loss is not saved."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def save(self, epoch, logs=None):
+        if all(math.isfinite(float(value)) for value in (logs or {}).values()):
+            super().on_epoch_end(epoch, logs)
 
 
 def read_rows(path: Path) -> list[dict[str, float]]:
@@ -585,7 +600,7 @@ def train_classifier(paths: GanPaths, epochs: int, runtime: RuntimeParams) -> di
 def work_folder(root: Path, point: GridPoint, settings: dict[str, Any], data_path: Path) -> Path:
     """Where a point's run in progress lives: named by everything it depends on, so a resume only
     ever continues the same run."""
-    digest = hashlib.sha256(json.dumps({**asdict(point), **settings}, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps({**settings, **asdict(point)}, sort_keys=True).encode())
     digest.update(data.sha256_of(data_path).encode())
     return root / WORK_DIR / digest.hexdigest()[:16]
 
@@ -640,17 +655,19 @@ def train_point(
         runtime.seed,
     )
     global_batch = settings.batch_size * strategy.num_replicas_in_sync
+    backup = BackupAfterRecords(str(folder / "backup"), delete_checkpoint=False)
     started = time.perf_counter()
     gan.fit(
         image_dataset(train.images, global_batch, shuffle=True, seed=runtime.seed),
         epochs=settings.epochs,
         callbacks=[
-            keras.callbacks.BackupAndRestore(str(folder / "backup"), delete_checkpoint=False),
+            backup,
             records,
             guard,
             Progress(
                 settings.epochs, math.ceil(len(train.images) / global_batch), global_batch, loss_key="d_loss"
             ),
+            keras.callbacks.LambdaCallback(on_epoch_end=backup.save),
         ],
         shuffle=False,
         verbose=0,
@@ -683,6 +700,7 @@ def train_grid(
     varying = varying_fields(points)
     settings = {
         "latent_dim": params.model.latent_dim,
+        "width": params.model.width,
         **params.train.model_dump(),
         "score": params.score.model_dump(),
         "seed": runtime.seed,
