@@ -156,6 +156,16 @@ def write_results(path: Path, results: dict[str, Any]) -> Path:
     return path
 
 
+def mib(num_bytes: float) -> str:
+    return f"{num_bytes / MIB:,.1f} MiB"
+
+
+def per_run(result: dict[str, Any], key: str, fmt: str) -> str:
+    """`result[key]` (a median), then each run's value when there are several."""
+    each = ", ".join(format(run[key], fmt) for run in result["runs"])
+    return f"{format(result[key], fmt)} ({each})" if len(result["runs"]) > 1 else format(result[key], fmt)
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub markdown table; numbers are expected already formatted as strings."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]

@@ -26,10 +26,10 @@ import numpy as np
 
 from benchmarks import book_text
 from benchmarks.harness import (
-    MIB,
     REPO_ROOT,
     environment,
     markdown_table,
+    mib,
     run_in_child,
     time_calls,
     timed,
@@ -247,10 +247,6 @@ def ratios(sampling: dict[str, Any], training: dict[str, Any]) -> dict[str, floa
 
 def targets_met(ratio: dict[str, float]) -> dict[str, bool]:
     return {name: ratio[name] >= target for name, target in TARGETS.items()}
-
-
-def mib(num_bytes: float) -> str:
-    return f"{num_bytes / MIB:,.1f} MiB"
 
 
 def throughput_per_run(result: dict[str, Any]) -> str:

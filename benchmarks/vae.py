@@ -24,12 +24,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from benchmarks.harness import (
-    MIB,
     REPO_ROOT,
     current_rss_bytes,
     environment,
     markdown_table,
+    mib,
     peak_rss_bytes,
+    per_run,
     run_in_child,
     timed,
     write_results,
@@ -224,15 +225,6 @@ def ratios(training: dict[str, Any]) -> dict[str, float]:
 
 
 # --- Report -----------------------------------------------------------------------------------
-
-
-def mib(num_bytes: float) -> str:
-    return f"{num_bytes / MIB:,.1f} MiB"
-
-
-def per_run(result: dict[str, Any], key: str, fmt: str) -> str:
-    each = ", ".join(format(run[key], fmt) for run in result["runs"])
-    return f"{format(result[key], fmt)} ({each})" if len(result["runs"]) > 1 else format(result[key], fmt)
 
 
 def report(results: dict[str, Any]) -> str:

@@ -7,13 +7,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import keras
 import numpy as np
+import pydantic
 import tensorflow as tf
 from PIL import Image, ImageOps
 
 from tasks import data, images
+from tasks.params import Params
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,33 @@ DOWNLOADED_FILES = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist/train-
 
 class DatasetError(ValueError):
     """An image folder or stored split that cannot be used, or images of an unusable shape."""
+
+
+class ImageDataParams(Params):
+    """Which images, at which size: the data section both image-generating techniques share."""
+
+    dataset: Literal["mnist", "fashion_mnist", "folder"]
+    folder: str  # for dataset: folder; class subfolders give the labels
+    image_size: int = pydantic.Field(ge=4)  # height = width; images of other sizes are resized
+    channels: Literal[1, 3]  # images of other modes are converted
+    test_split: float = pydantic.Field(gt=0.0, lt=1.0)  # folder only: Keras datasets have their own
+
+    @pydantic.field_validator("image_size")
+    @classmethod
+    def _halvable_twice(cls, image_size: int) -> int:
+        if image_size % 4:
+            raise ValueError(
+                "must be a multiple of 4 (the networks halve it at least twice and double it back), "
+                f"e.g. {image_size - image_size % 4} or {image_size + 4 - image_size % 4}"
+            )
+        return image_size
+
+    @pydantic.field_validator("folder")
+    @classmethod
+    def _folder_given(cls, folder: str, info: pydantic.ValidationInfo) -> str:
+        if info.data.get("dataset") == "folder" and not folder:
+            raise ValueError("dataset is 'folder' but folder is empty: give the folder of images")
+        return folder
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from tasks.backbones import BackboneError, load_backbone
 from tasks.datasets import (
     CLASS_NAMES,
     DatasetError,
+    ImageDataParams,
     Split,
     conform,
     image_dataset,
@@ -76,30 +77,8 @@ class TrainingFailed(RuntimeError):
 Rate = pydantic.confloat(ge=0.0, lt=1.0)
 
 
-class GanDataParams(Params):
-    dataset: Literal["mnist", "fashion_mnist", "folder"]
-    folder: str  # for dataset: folder (the book's CelebA); subfolders are classes, if any
-    image_size: int = pydantic.Field(ge=8)  # images are centre-cropped and resized to this square
-    channels: Literal[1, 3]
-    test_split: float = pydantic.Field(gt=0.0, lt=1.0)  # folder only: real images held out for scoring
+class GanDataParams(ImageDataParams):
     max_images: int = pydantic.Field(ge=0)  # use only the first N training images; 0 = all
-
-    @pydantic.field_validator("image_size")
-    @classmethod
-    def _reachable(cls, image_size: int) -> int:
-        if image_size % 4:
-            raise ValueError(
-                "must be a multiple of 4: the generator upsamples a small square at least twice "
-                f"(e.g. {image_size - image_size % 4} or {image_size + 4 - image_size % 4})"
-            )
-        return image_size
-
-    @pydantic.field_validator("folder")
-    @classmethod
-    def _folder_given(cls, folder: str, info: pydantic.ValidationInfo) -> str:
-        if info.data.get("dataset") == "folder" and not folder:
-            raise ValueError("dataset is 'folder' but folder is empty: give the folder of images")
-        return folder
 
 
 class GanModelParams(Params):

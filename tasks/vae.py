@@ -41,6 +41,7 @@ from tasks import data, images, steps, tracking
 from tasks.datasets import (
     CLASS_NAMES,
     DatasetError,
+    ImageDataParams,
     Split,
     conform,
     image_dataset,
@@ -77,31 +78,9 @@ ClassName = Annotated[
 ]
 
 
-class VaeDataParams(Params):
-    dataset: Literal["mnist", "fashion_mnist", "folder"]
-    folder: str  # for dataset: folder; class subfolders give the labels
-    image_size: int = pydantic.Field(ge=4)  # height = width; images of other sizes are resized
-    channels: Literal[1, 3]  # images of other modes are converted
-    test_split: float = pydantic.Field(gt=0.0, lt=1.0)  # folder only: Keras datasets have their own
+class VaeDataParams(ImageDataParams):
     max_train_images: int = pydantic.Field(ge=0)  # 0 = all
     max_test_images: int = pydantic.Field(ge=0)
-
-    @pydantic.field_validator("image_size")
-    @classmethod
-    def _halvable_twice(cls, image_size: int) -> int:
-        if image_size % 4:
-            raise ValueError(
-                "must be a multiple of 4 (the encoder halves it twice and the decoder doubles it back), "
-                f"e.g. {image_size - image_size % 4} or {image_size + 4 - image_size % 4}"
-            )
-        return image_size
-
-    @pydantic.field_validator("folder")
-    @classmethod
-    def _folder_given(cls, folder: str, info: pydantic.ValidationInfo) -> str:
-        if info.data.get("dataset") == "folder" and not folder:
-            raise ValueError("dataset is 'folder' but folder is empty: give the folder of images")
-        return folder
 
 
 class VaeModelParams(Params):
