@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from flows.gan import gan_flow
-from tasks.gan import read_rows
+from tasks.gan import TrainingFailed, read_rows
 from tests.flows.conftest import (
     children_of,
     dvc,
@@ -106,6 +106,26 @@ def test_parent_run_has_the_final_samples_side_by_side_and_the_best_score(flow_r
     assert parent.data.metrics["best_frechet_distance"] == pytest.approx(best)
     assert 0 < parent.data.metrics["classifier.test_accuracy"] <= 1
     assert "comparison.png" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+
+
+def test_a_nan_loss_fails_the_point_the_parent_and_the_flow(flow_run):
+    root, first = flow_run
+    params = params_of(root)
+    original = params["gan"]["train"]
+    params["gan"]["train"] = {**original, "learning_rate": [1.0e6], "label_noise": [0.05]}
+    write_params(root, params)
+    try:
+        with pytest.raises(TrainingFailed, match=r"loss became NaN in epoch 1; no epoch finished"):
+            gan_flow(root=root)
+    finally:
+        params["gan"]["train"] = original
+        write_params(root, params)
+    runs = mlflow.search_runs([first["experiment_id"]], output_format="list", order_by=["start_time DESC"])
+    parent = [run for run in runs if "mlflow.parentRunId" not in run.data.tags][0]
+    assert parent.info.status == "FAILED"
+    (child,) = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert child.info.status == "FAILED" and "NaN" in child.data.tags["instability"]
+    assert not list((root / "models/gan/point_00").glob("*.keras"))  # no good epoch to keep
 
 
 def test_an_image_size_the_generator_cannot_reach_fails_in_one_line_before_anything_runs(tmp_path):
