@@ -634,7 +634,8 @@ def train_point(
         runtime.seed,
     )
     global_batch = settings.batch_size * strategy.num_replicas_in_sync
-    backup = BackupAfterRecords(str(folder / "backup"), delete_checkpoint=False)
+    # double_checkpoint: a kill while the backup is written falls back to the previous epoch's.
+    backup = BackupAfterRecords(str(folder / "backup"), double_checkpoint=True, delete_checkpoint=False)
     started = time.perf_counter()
     gan.fit(
         image_dataset(train.images, global_batch, shuffle=True, seed=runtime.seed),

@@ -1000,6 +1000,27 @@ def test_a_run_killed_while_scoring_an_epoch_resumes_with_every_epoch_recorded(
     assert [row["step"] for row in steps] == list(range(1, len(steps) + 1))
 
 
+def test_a_run_killed_while_its_backup_is_written_resumes_from_the_epoch_before(
+    tmp_path, tiny_data, extractor
+):
+    folder, params = tmp_path / "work", tiny_params(epochs=3)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gan, "Progress", interrupting_progress(3, 1, []))
+        with pytest.raises(Interrupted):
+            train_point(POINT, *tiny_data, params, extractor, folder, RUNTIME)
+    # The kill lands while epoch 2's weights are written: half a file, the metadata not yet updated.
+    weights = folder / "backup" / "latest.weights.h5"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (folder / "backup" / "training_metadata.json").unlink()
+
+    with Messages() as messages:
+        metrics = train_point(POINT, *tiny_data, params, extractor, folder, RUNTIME)
+
+    assert any("resuming after epoch 1" in message for message in messages.messages)
+    assert metrics["epochs_completed"] == 3
+    assert [row["epoch"] for row in read_csv(folder / "epochs.csv")] == [1, 2, 3]
+
+
 def test_a_resumed_run_that_diverges_keeps_the_epochs_it_had(resumed_run, tiny_data, extractor, tmp_path):
     folder = tmp_path / "work"
     shutil.copytree(resumed_run["root"] / "interrupted", folder)  # killed in epoch 3
