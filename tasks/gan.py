@@ -484,16 +484,41 @@ class Guard(keras.callbacks.Callback):
 
 
 class BackupAfterRecords(keras.callbacks.BackupAndRestore):
-    """Keras's resume, restoring as the first callback but saving only when `save` is called by the
-    last one: a kill while an epoch's records are written never leaves the backup ahead of them.
-    An epoch with a NaN loss is not saved."""
+    """Keras's resume (restored as the first callback, fit starts after the restored epoch), saved
+    only when the last callback calls `save`, after the epoch's records, and never for a NaN epoch.
+
+    Crash-safe, which Keras's own save is not (a kill mid-write leaves half a weights file or an
+    empty metadata file): each epoch's weights go to a new file, then backup.json naming it is
+    replaced atomically, so whenever the process dies the backup is one complete epoch.
+    """
 
     def on_epoch_end(self, epoch, logs=None):
         pass
 
     def save(self, epoch, logs=None):
         if all(math.isfinite(float(value)) for value in (logs or {}).values()):
-            super().on_epoch_end(epoch, logs)
+            super().on_epoch_end(epoch, logs)  # sets the epoch, then calls _save_model
+
+    def _save_model(self):
+        folder = Path(self.backup_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        partial, weights = (
+            folder / "partial.weights.h5",
+            folder / f"epoch_{self._current_epoch:04d}.weights.h5",
+        )
+        self.model.save_weights(str(partial), overwrite=True)
+        partial.replace(weights)
+        data.write_json(folder / "backup.json", {"epoch": self._current_epoch, "weights": weights.name})
+        for older in folder.glob("epoch_*.weights.h5"):
+            if older != weights:
+                older.unlink()
+
+    def _load_model(self):
+        state = Path(self.backup_dir) / "backup.json"
+        if state.is_file():
+            backup = json.loads(state.read_text())
+            self.model.load_weights(Path(self.backup_dir) / backup["weights"])
+            self.model._initial_epoch = backup["epoch"]  # where fit starts, as Keras's own restore sets it
 
 
 def read_rows(path: Path) -> list[dict[str, float]]:
@@ -634,8 +659,7 @@ def train_point(
         runtime.seed,
     )
     global_batch = settings.batch_size * strategy.num_replicas_in_sync
-    # double_checkpoint: a kill while the backup is written falls back to the previous epoch's.
-    backup = BackupAfterRecords(str(folder / "backup"), double_checkpoint=True, delete_checkpoint=False)
+    backup = BackupAfterRecords(str(folder / "backup"), delete_checkpoint=False)
     started = time.perf_counter()
     gan.fit(
         image_dataset(train.images, global_batch, shuffle=True, seed=runtime.seed),

@@ -1000,7 +1000,7 @@ def test_a_run_killed_while_scoring_an_epoch_resumes_with_every_epoch_recorded(
     assert [row["step"] for row in steps] == list(range(1, len(steps) + 1))
 
 
-def test_a_run_killed_while_its_backup_is_written_resumes_from_the_epoch_before(
+def test_a_run_killed_while_its_backup_is_written_resumes_from_the_last_complete_one(
     tmp_path, tiny_data, extractor
 ):
     folder, params = tmp_path / "work", tiny_params(epochs=3)
@@ -1008,15 +1008,20 @@ def test_a_run_killed_while_its_backup_is_written_resumes_from_the_epoch_before(
         patch.setattr(gan, "Progress", interrupting_progress(3, 1, []))
         with pytest.raises(Interrupted):
             train_point(POINT, *tiny_data, params, extractor, folder, RUNTIME)
-    # The kill lands while epoch 2's weights are written: half a file, the metadata not yet updated.
-    weights = folder / "backup" / "latest.weights.h5"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    (folder / "backup" / "training_metadata.json").unlink()
+    backup = folder / "backup"
+    assert json.loads((backup / "backup.json").read_text()) == {
+        "epoch": 2,
+        "weights": "epoch_0002.weights.h5",
+    }
+    assert sorted(path.name for path in backup.glob("*.h5")) == ["epoch_0002.weights.h5"]
+    # A kill while epoch 3's weights were being written leaves half a file beside the backup.
+    complete = (backup / "epoch_0002.weights.h5").read_bytes()
+    (backup / "partial.weights.h5").write_bytes(complete[: len(complete) // 2])
 
     with Messages() as messages:
         metrics = train_point(POINT, *tiny_data, params, extractor, folder, RUNTIME)
 
-    assert any("resuming after epoch 1" in message for message in messages.messages)
+    assert any("resuming after epoch 2" in message for message in messages.messages)
     assert metrics["epochs_completed"] == 3
     assert [row["epoch"] for row in read_csv(folder / "epochs.csv")] == [1, 2, 3]
 
