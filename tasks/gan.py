@@ -573,12 +573,13 @@ def train_classifier(paths: GanPaths, epochs: int, runtime: RuntimeParams) -> di
     """The scoring classifier: the dataset's labels, or rotations of its images when it has one class."""
     configure_runtime(runtime.seed, "float32", runtime.memory_growth, "default")
     train, test = load_split(paths.data / "train.npz"), load_split(paths.data / "test.npz")
+    labelled = len(np.unique(train.labels)) > 1
     (train_x, train_y), (test_x, test_y) = (
         ((train.images, train.labels), (test.images, test.labels))
-        if len(np.unique(train.labels)) > 1
+        if labelled
         else (rotation_task(train.images), rotation_task(test.images))
     )
-    task = "labels" if len(np.unique(train.labels)) > 1 else "rotations"
+    task = "labels" if labelled else "rotations"
     classifier = build_classifier(train.images.shape[1:], int(max(train_y.max(), test_y.max())) + 1)
     classifier.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = classifier.fit(

@@ -13,7 +13,6 @@ Two departures from the book, both on purpose:
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import logging
@@ -35,7 +34,7 @@ from keras import layers, ops
 from tasks import data, steps, tracking
 from tasks.params import Params, ParamsError, load_params, parse_section
 from tasks.runtime import RuntimeParams, configure_runtime
-from tasks.training import Progress, save_model_atomically
+from tasks.training import Progress, read_history, save_model_atomically
 
 log = logging.getLogger(__name__)
 
@@ -660,15 +659,6 @@ def sample(
 
 
 # --- MLflow logging of the steps' outputs (called by the flow) -----------------------------------
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    """history.csv rows with a 1-based epoch, as MLflow steps."""
-    with open(path, newline="") as file:
-        return [
-            {key: (int(value) + 1 if key == "epoch" else float(value)) for key, value in row.items()}
-            for row in csv.DictReader(file)
-        ]
 
 
 def log_training(run_id: str, paths: TextPaths) -> dict[str, float]:

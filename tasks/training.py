@@ -1,8 +1,9 @@
 """Keras training helpers the techniques that train a model share: a progress log that works in
-any log sink, and saving a model so a reader never sees half a file."""
+any log sink, reading CSVLogger histories, and saving a model so a reader never sees half a file."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import os
@@ -58,6 +59,15 @@ class Progress(keras.callbacks.Callback):
             self.steps_per_epoch * self.batch_size / seconds,
             summary,
         )
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """keras.callbacks.CSVLogger rows with a 1-based epoch (MLflow's step)."""
+    with open(path, newline="") as file:
+        return [
+            {key: (int(value) + 1 if key == "epoch" else float(value)) for key, value in row.items()}
+            for row in csv.DictReader(file)
+        ]
 
 
 def save_model_atomically(model: keras.Model, path: Path) -> None:

@@ -18,7 +18,6 @@ Departures from the book, on purpose:
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import logging
@@ -53,7 +52,7 @@ from tasks.datasets import (
 )
 from tasks.params import Params, ParamsError, load_params, parse_section
 from tasks.runtime import RuntimeParams, configure_runtime
-from tasks.training import Progress, save_model_atomically
+from tasks.training import Progress, read_history, save_model_atomically
 
 log = logging.getLogger(__name__)
 
@@ -363,15 +362,6 @@ def train_point(
         **{f"train_{term}": good.get(term, math.nan) for term in LOSS_TERMS},
         **{f"test_{term}": good.get(f"val_{term}", math.nan) for term in LOSS_TERMS},
     }
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    """CSVLogger rows with a 1-based epoch (MLflow's step)."""
-    with open(path, newline="") as file:
-        return [
-            {key: (int(value) + 1 if key == "epoch" else float(value)) for key, value in row.items()}
-            for row in csv.DictReader(file)
-        ]
 
 
 # --- The latent space ----------------------------------------------------------------------------
