@@ -228,12 +228,12 @@ def gendl_dream(
     max_size: int, width: int, num_octave: int, iterations: int, tile_size: int, output_path: str = ""
 ) -> dict[str, Any]:
     """gendl's `dream` with `make_loss_and_grads` (max_loss off), in a child process."""
-    from tasks import deepdream
     from tasks.backbones import from_unit_to_pixels, load_backbone
+    from tasks.deepdream import model
 
     pixels = load_photo(max_size, width)
     backbone, load_seconds = timed(lambda: load_backbone("hed_vgg16"))
-    loss_and_grads = deepdream.make_loss_and_grads(  # as dream_settings builds it
+    loss_and_grads = model.make_loss_and_grads(  # as dream_settings builds it
         backbone.feature_extractor(list(LAYER_SETTINGS)),
         LAYER_SETTINGS,
         jit_compile=False,
@@ -250,11 +250,11 @@ def gendl_dream(
         clock.end_call()
         return result
 
-    logger = logging.getLogger(deepdream.__name__)
+    logger = logging.getLogger(model.__name__)
     logger.setLevel(logging.INFO)
     logger.addHandler(OctaveEnds(clock.end_octave))
     clock.start()
-    dreamed, _ = deepdream.dream(
+    dreamed, _ = model.dream(
         original,
         timed_loss_and_grads,
         num_octave,
@@ -272,7 +272,7 @@ def gendl_dream(
         "backbone_load_seconds": load_seconds,
         "rss_before_dream_bytes": rss_before,
         "peak_rss_before_dream_bytes": peak_before,
-        **clock.summary(deepdream.octave_shapes(pixels.shape[:2], num_octave, OCTAVE_SCALE)),
+        **clock.summary(model.octave_shapes(pixels.shape[:2], num_octave, OCTAVE_SCALE)),
     }
 
 
@@ -298,8 +298,8 @@ def compare_dreams(max_size: int, first_step_size: int, dream_paths: dict[str, s
 def first_step_difference(max_size: int) -> dict[str, Any]:
     """One step of the book's loop and of gendl's (tile_size=0) from the same photo, in pixels."""
     from benchmarks import book_deepdream as book
-    from tasks import deepdream
     from tasks.backbones import from_unit_to_pixels, load_backbone
+    from tasks.deepdream import model
 
     pixels = load_photo(max_size)
     backbone = load_backbone("hed_vgg16")
@@ -308,10 +308,10 @@ def first_step_difference(max_size: int) -> dict[str, Any]:
         book.preprocess_image(pixels), book.step, 1, OCTAVE_SCALE, 1, None, report=lambda message: None
     )
     book_pixels = (img.numpy()[0] + book.IMAGENET_MEAN_BGR)[..., ::-1]  # deprocess_image, unclipped
-    loss_and_grads = deepdream.make_loss_and_grads(
+    loss_and_grads = model.make_loss_and_grads(
         backbone.feature_extractor(list(LAYER_SETTINGS)), LAYER_SETTINGS
     )
-    dreamed, _ = deepdream.dream(pixels / 127.5 - 1.0, loss_and_grads, 1, OCTAVE_SCALE, 1, STEP, 0.0, 0)
+    dreamed, _ = model.dream(pixels / 127.5 - 1.0, loss_and_grads, 1, OCTAVE_SCALE, 1, STEP, 0.0, 0)
     difference = np.abs(from_unit_to_pixels(dreamed).numpy() - book_pixels)
     return {
         "image_shape": list(pixels.shape[:2]),

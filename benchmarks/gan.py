@@ -1,4 +1,4 @@
-"""GAN: gendl (`tasks.gan`) against the book's DCGAN listing, training steps per second in one run.
+"""GAN: gendl (`tasks.gan.model`) against the book's DCGAN listing, training steps per second in one run.
 
     KERAS_HOME=/path/to/keras-home python -m benchmarks.gan [--quick]
 
@@ -156,19 +156,20 @@ def book_training(folder: str, num_steps: int, seed: int) -> dict[str, Any]:
 
 
 def gendl_training(folder: str, num_steps: int, seed: int, ema_decay: float) -> dict[str, Any]:
-    """The data of `tasks.gan.prepare_data` (folder) and the model, optimisers and dataset of
-    `train_point`, without its per-epoch grids, scores, checkpoints and resume backup (the book's
+    """The data of the GAN's data step (a folder) and the model, optimisers and dataset of
+    `train_point`, without its per-epoch grids, scores and resume checkpoints (the book's
     GANMonitor runs at the epoch's end, after the timed steps, too), for one epoch."""
     import numpy as np
 
     from benchmarks.training_runs import ThroughputAfterFirstBatch
-    from tasks import gan as gendl
+    from tasks.gan import model as gendl
+    from tasks.image_data import image_dataset, read_folder
     from tasks.runtime import configure_runtime
 
     rss_after_imports = current_rss_bytes()
     # What the data step stores and the train step loads: uint8, decoded once. All of it, so both
     # train on the same images (the data step would hold out 5% for the score).
-    (pixels, _, _), data_seconds = timed(lambda: gendl.read_folder(Path(folder), IMAGE_SIZE, CHANNELS))
+    (pixels, _, _), data_seconds = timed(lambda: read_folder(Path(folder), IMAGE_SIZE, CHANNELS))
     rss_after_data = current_rss_bytes()
     strategy = configure_runtime(seed, dtype_policy="float32", memory_growth=True, distribute="auto")
     image_shape = pixels.shape[1:]
@@ -187,7 +188,7 @@ def gendl_training(folder: str, num_steps: int, seed: int, ema_decay: float) -> 
         gan(np.zeros((1, LATENT_DIM), np.float32))  # as train_point: built before fit
     timer = ThroughputAfterFirstBatch()
     history = gan.fit(
-        gendl.image_dataset(pixels, BATCH_SIZE, shuffle=True, seed=seed),
+        image_dataset(pixels, BATCH_SIZE, shuffle=True, seed=seed),
         epochs=1,
         callbacks=[timer],
         shuffle=False,

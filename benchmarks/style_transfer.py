@@ -112,7 +112,7 @@ def prepare_inputs(heights: list[int], directory: str) -> dict[str, Any]:
     import numpy as np
 
     from tasks import images
-    from tasks.style_transfer import resize_to_height
+    from tasks.style_transfer.data import resize_to_height
 
     photo = images.read_image(images.resolve_source(CONTENT))
     contents = {}
@@ -147,21 +147,22 @@ def set_up_book(content_path: str, style_path: str, height: int, weights: Sequen
 
 
 def gendl_settings(sgd: dict[str, float], adam_learning_rate: float, lbfgs_history: int):
-    from tasks import style_transfer
+    from tasks.style_transfer.params import AdamParams, LbfgsParams, SgdParams
 
     return (
-        style_transfer.SgdParams(**sgd),
-        style_transfer.AdamParams(learning_rate=adam_learning_rate),
-        style_transfer.LbfgsParams(history=lbfgs_history),
+        SgdParams(**sgd),
+        AdamParams(learning_rate=adam_learning_rate),
+        LbfgsParams(history=lbfgs_history),
     )
 
 
 def timed_progress_class():
-    """`tasks.style_transfer.Progress` that also keeps the wall and CPU time of each evaluation."""
-    from tasks import style_transfer
+    """`LossHistory` (tasks/style_transfer/optimizers.py) that also keeps the wall and CPU time of each
+    evaluation."""
+    from tasks.style_transfer.optimizers import LossHistory
 
     @dataclass
-    class TimedProgress(style_transfer.Progress):
+    class TimedProgress(LossHistory):
         times: list[tuple[float, float]] = field(default_factory=list)  # (perf_counter, process_time)
 
         def __call__(self, losses, image) -> None:
@@ -229,25 +230,27 @@ def gendl_steps(
     """a.: gendl's step: `make_loss_and_grads` (targets once) and `descend`'s loop with the SGD."""
     import tensorflow as tf
 
-    from tasks import images, style_transfer
+    from tasks import images
     from tasks.backbones import load_backbone
+    from tasks.style_transfer import model, optimizers
+    from tasks.style_transfer.params import GridPoint
 
     content = images.read_image(Path(content_path))
     style = stretched_style(style_path, content.shape[:2])
     backbone, load_seconds = timed(lambda: load_backbone("hed_vgg16"))
     sgd_params, adam_params, _ = gendl_settings(sgd, adam_learning_rate, lbfgs_history)
-    point = style_transfer.GridPoint(*weights, STYLE_LAYERS, "sgd")
+    point = GridPoint(*weights, STYLE_LAYERS, "sgd")
     rss_before = current_rss_bytes()
     extractor = backbone.feature_extractor([CONTENT_LAYER, *STYLE_LAYERS])  # as stylize builds it
     loss_and_grads, target_seconds = timed(
-        lambda: style_transfer.make_loss_and_grads(
+        lambda: model.make_loss_and_grads(
             extractor, tf.constant(content), [tf.constant(style)], [1.0], point, CONTENT_LAYER
         )
     )
     progress = timed_progress_class()(0, lambda pixels: pixels)
-    optimizer = style_transfer.keras_optimizer("sgd", sgd_params, adam_params)
+    optimizer = optimizers.keras_optimizer("sgd", sgd_params, adam_params)
     started, cpu_started = time.perf_counter(), time.process_time()
-    style_transfer.descend(loss_and_grads, tf.constant(content), steps + 1, optimizer, progress)
+    optimizers.descend(loss_and_grads, tf.constant(content), steps + 1, optimizer, progress)
     ended, cpu_ended = time.perf_counter(), time.process_time()
     # The first evaluation traces; from its end to the loop's end are `steps` whole steps.
     first_wall, first_cpu = progress.times[0]
@@ -278,8 +281,10 @@ def first_losses(
     gendl gets the style pixels the book uses (stretched to the content's size); one more
     evaluation with the style at its own aspect ratio (gendl's way) shows what that changes.
     """
-    from tasks import images, style_transfer
+    from tasks import images
     from tasks.backbones import load_backbone
+    from tasks.style_transfer import model
+    from tasks.style_transfer.params import GridPoint
 
     book, _, (base_image, style_reference_image, combination_image) = set_up_book(
         content_path, style_path, height, weights
@@ -303,10 +308,10 @@ def first_losses(
     content = images.read_image(Path(content_path))
     backbone = load_backbone("hed_vgg16")
     settings = gendl_settings(sgd, adam_learning_rate, lbfgs_history)
-    point = style_transfer.GridPoint(*weights, STYLE_LAYERS, "sgd")
+    point = GridPoint(*weights, STYLE_LAYERS, "sgd")
 
     def stylize(style, iterations):
-        _, progress = style_transfer.stylize(
+        _, progress = model.stylize(
             content, [style], [1.0], backbone, CONTENT_LAYER, point, iterations, [height], False, 0, *settings
         )
         return progress.records
@@ -384,22 +389,24 @@ def gendl_run(
 ) -> dict[str, Any]:
     """b. and c.: gendl's `stylize` (`iterations` evaluations per scale), every evaluation's loss
     and time. Time runs from the call (targets, tracing and all) to each evaluation's end."""
-    from tasks import images, style_transfer
+    from tasks import images
     from tasks.backbones import load_backbone
+    from tasks.style_transfer import model
+    from tasks.style_transfer.params import GridPoint
 
     content = images.read_image(Path(content_path))
     style = stretched_style(style_path, content.shape[:2])
     backbone, load_seconds = timed(lambda: load_backbone("hed_vgg16"))
-    point = style_transfer.GridPoint(*weights, STYLE_LAYERS, optimizer)
+    point = GridPoint(*weights, STYLE_LAYERS, optimizer)
     messages = LogMessages()  # gendl's INFO log, for L-BFGS's stop message
-    logger = logging.getLogger(style_transfer.__name__)
+    logger = logging.getLogger("tasks.style_transfer")  # the package's: model's and optimizers' loggers
     logger.setLevel(logging.INFO)
     logger.addHandler(messages)
-    heights = style_transfer.scale_heights(height, num_scales, 2.0)
-    # stylize builds its Progress by name: this one also keeps each evaluation's time.
-    style_transfer.Progress = timed_progress_class()
+    heights = model.scale_heights(height, num_scales, 2.0)
+    # stylize builds its LossHistory by name: this one also keeps each evaluation's time.
+    model.LossHistory = timed_progress_class()
     started, cpu_started = time.perf_counter(), time.process_time()
-    final, progress = style_transfer.stylize(
+    final, progress = model.stylize(
         content,
         [style],
         [1.0],

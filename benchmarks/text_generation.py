@@ -1,4 +1,4 @@
-"""Text generation: gendl (`tasks.text`) against the book's listing, measured in one run.
+"""Text generation: gendl (`tasks.text.char_lstm`) against the book's listing, measured in one run.
 
     KERAS_HOME=/path/to/keras-home python -m benchmarks.text_generation [--quick]
 
@@ -35,7 +35,8 @@ from benchmarks.harness import (
     timed,
     write_results,
 )
-from tasks import text as gendl
+from tasks.text.char_lstm.model import Generated, build_char_lstm, generate_text, make_generator
+from tasks.text.corpus import Vocabulary, build_vocabulary, corpus_seed, read_corpus
 
 SEED = 1337
 VALIDATION_SPLIT = 0.1  # params.yaml text.data.validation_split
@@ -79,7 +80,7 @@ QUICK = Scale(
 def twin_models(vocab_size: int) -> tuple[keras.Model, keras.Model]:
     """gendl's model with random weights and the book's Sequential model holding the same weights."""
     keras.utils.set_random_seed(SEED)
-    gendl_model = gendl.build_char_lstm(vocab_size, book_text.UNITS)
+    gendl_model = build_char_lstm(vocab_size, book_text.UNITS)
     book_model = book_text.build_model(book_text.MAXLEN, vocab_size)
     # gendl's first weight is its frozen identity embedding (the one-hot encoding); the rest are
     # the LSTM's kernel, recurrent kernel and bias and the Dense kernel and bias, as the book's.
@@ -88,7 +89,7 @@ def twin_models(vocab_size: int) -> tuple[keras.Model, keras.Model]:
 
 
 def prediction_difference(
-    gendl_model: keras.Model, book_model: keras.Model, seed_text: str, vocabulary: gendl.Vocabulary
+    gendl_model: keras.Model, book_model: keras.Model, seed_text: str, vocabulary: Vocabulary
 ) -> float:
     """Largest difference between the two models' next-character distributions after the seed."""
     one_hot = np.zeros((1, book_text.MAXLEN, vocabulary.size))
@@ -129,14 +130,14 @@ def measure_book_sampling(
 
 
 def measure_gendl_sampling(
-    model: keras.Model, seed_text: str, vocabulary: gendl.Vocabulary, num_chars: int, repeats: int
+    model: keras.Model, seed_text: str, vocabulary: Vocabulary, num_chars: int, repeats: int
 ) -> dict[str, Any]:
     """`generate_text` at all temperatures in one batch, and one temperature at a time."""
-    generator = gendl.make_generator(model, jit_compile=False)
+    generator = make_generator(model, jit_compile=False)
     temperatures = list(book_text.TEMPERATURES)
 
-    def generate(batch_temperatures: Sequence[float]) -> list[gendl.Generated]:
-        return gendl.generate_text(generator, vocabulary, seed_text, batch_temperatures, num_chars, SEED)
+    def generate(batch_temperatures: Sequence[float]) -> list[Generated]:
+        return generate_text(generator, vocabulary, seed_text, batch_temperatures, num_chars, SEED)
 
     batched = time_calls(lambda: generate(temperatures), warmup=1, repeats=repeats)
     # The same traced function serves batch 1 (its signature has a dynamic batch dimension).
@@ -155,15 +156,15 @@ def measure_gendl_sampling(
 
 
 def measure_sampling(corpus_path: str, scale: Scale) -> dict[str, Any]:
-    text = gendl.read_corpus(Path(corpus_path))
+    text = read_corpus(Path(corpus_path))
     text = text[: scale.max_chars] if scale.max_chars else text
-    vocabulary = gendl.build_vocabulary(text)
+    vocabulary = build_vocabulary(text)
     book_chars, book_char_indices = book_text.char_vocabulary(
         book_text.read_text(corpus_path, scale.max_chars)
     )
     if book_chars != vocabulary.chars:
         raise RuntimeError("the book's and gendl's vocabularies differ: the comparison would not be fair")
-    seed_text = gendl.corpus_seed(vocabulary.encode(text), vocabulary, book_text.MAXLEN, SEED)
+    seed_text = corpus_seed(vocabulary.encode(text), vocabulary, book_text.MAXLEN, SEED)
     gendl_model, book_model = twin_models(vocabulary.size)
     return {
         "seed_text": seed_text,

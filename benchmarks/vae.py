@@ -118,36 +118,37 @@ def book_training(num_images: int, batch_size: int, seed: int, run_eagerly: bool
 def gendl_training(
     num_images: int, batch_size: int, seed: int, latent_dim: int, learning_rate: float
 ) -> dict[str, Any]:
-    """The model, optimiser and dataset of `tasks.vae.train_point`, without its validation pass and
+    """The model, optimiser and dataset of `tasks.vae.model.train_point`, without its validation pass and
     per-epoch checkpoint and CSV callbacks (the book has none), for one epoch on the first images."""
     import keras
 
     from benchmarks.training_runs import ThroughputAfterFirstBatch
-    from tasks import vae as gendl
+    from tasks.image_data import conform, image_dataset, load_keras_dataset
     from tasks.runtime import configure_runtime
+    from tasks.vae.model import VAE, build_decoder, build_encoder
 
     rss_after_imports = current_rss_bytes()
 
     def load():
         # What the data step stores and the train step loads: uint8 with a channel axis.
-        train, _ = gendl.load_keras_dataset("fashion_mnist", "vae")
-        return gendl.conform(train.images, image_size=28, channels=1)
+        train, _ = load_keras_dataset("fashion_mnist", "vae")
+        return conform(train.images, image_size=28, channels=1)
 
     train_images, data_seconds = timed(load)
     rss_after_data, peak_after_data = current_rss_bytes(), peak_rss_bytes()
     strategy = configure_runtime(seed, dtype_policy="float32", memory_growth=True, distribute="auto")
     image_shape = train_images.shape[1:]
     with strategy.scope():
-        vae = gendl.VAE(
-            gendl.build_encoder(image_shape, latent_dim),
-            gendl.build_decoder(image_shape, latent_dim),
+        vae = VAE(
+            build_encoder(image_shape, latent_dim),
+            build_decoder(image_shape, latent_dim),
             beta=1.0,
             seed=seed,
         )
         vae.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=False)
     timer = ThroughputAfterFirstBatch()
     history = vae.fit(
-        gendl.image_dataset(train_images[:num_images], batch_size, shuffle=True, seed=seed),
+        image_dataset(train_images[:num_images], batch_size, shuffle=True, seed=seed),
         epochs=1,
         callbacks=[timer],
         shuffle=False,

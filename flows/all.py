@@ -10,16 +10,8 @@ from typing import Any
 
 from prefect import flow
 
-from flows import deepdream, gan, style_transfer, text, vae
 from flows.cli import REPO_ROOT, run_cli
-
-
-def validate(params: dict[str, Any]) -> None:
-    text.validate(params)
-    deepdream.validate(params)
-    style_transfer.validate(params)
-    vae.validate(params)
-    gan.validate(params)
+from flows.registry import TECHNIQUES
 
 
 @flow(name="gendl")
@@ -30,14 +22,8 @@ def all_techniques(profile: str | None = None, root: Path = REPO_ROOT) -> dict[s
         profile: name of a params overlay in profiles/ (e.g. "quick"); None = params.yaml as is.
         root: repo root holding params.yaml and dvc.yaml.
     """
-    return {
-        "text": text.text_generation(profile=profile, root=root),
-        "deepdream": deepdream.deepdream_flow(profile=profile, root=root),
-        "style_transfer": style_transfer.style_transfer_flow(profile=profile, root=root),
-        "vae": vae.vae_flow(profile=profile, root=root),
-        "gan": gan.gan_flow(profile=profile, root=root),
-    }
+    return {name: technique.load_flow()(profile=profile, root=root) for name, technique in TECHNIQUES.items()}
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(all_techniques, validate))
+    raise SystemExit(run_cli(all_techniques))

@@ -10,14 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flows.registry import validate
 from tasks import tracking
-from tasks.params import ParamsError, available_profiles, check_sections, load_params, parse_section
+from tasks.params import ParamsError, available_profiles, checkout_lock, load_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-KNOWN_SECTIONS = {"runtime", "tracking", "text", "deepdream", "style_transfer", "vae", "gan"}
 
 
-def run_cli(flow_function: Callable[..., Any], validate: Callable[[dict], None]) -> int:
+def run_cli(flow_function: Callable[..., Any], techniques: list[str] | None = None) -> int:
+    """Run `flow_function` from the command line; bad params for `techniques` (default: all) fail
+    first, with one line."""
     parser = argparse.ArgumentParser(description=flow_function.__doc__.splitlines()[0])
     parser.add_argument(
         "--profile", help=f"params overlay from profiles/ ({', '.join(available_profiles(REPO_ROOT))})"
@@ -32,10 +34,10 @@ def run_cli(flow_function: Callable[..., Any], validate: Callable[[dict], None])
     root = args.root.resolve()
     try:  # bad params fail here, in a second, not after Prefect's server has started
         params = load_params(root, args.profile)
-        check_sections(params, KNOWN_SECTIONS)
-        validate(params)
-        settings = parse_section(params, "tracking", tracking.TrackingParams)
+        settings = validate(params, techniques)["tracking"]
         tracking_uri = tracking.resolve_tracking_uri(settings.uri, root)
+        with checkout_lock(root):  # another flow run in this checkout: say so now, not after Prefect starts
+            pass
     except (ParamsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,19 +13,13 @@ from typing import Any
 from prefect import flow, task
 
 from flows.cli import REPO_ROOT, run_cli
+from flows.registry import TECHNIQUES
 from flows.technique_run import technique_run
-from tasks import deepdream, tracking
-from tasks.params import parse_section
-from tasks.runtime import RuntimeParams
+from tasks import storage
+from tasks.deepdream import log
+from tasks.deepdream.params import DeepDreamPaths
 
-log_dreams = task(deepdream.log_dreams, name="log-dreams")
-
-
-def validate(params: dict[str, Any]) -> None:
-    """Fail before anything runs if the sections this flow reads are invalid."""
-    parse_section(params, "deepdream", deepdream.DeepDreamParams)
-    parse_section(params, "runtime", RuntimeParams)
-    parse_section(params, "tracking", tracking.TrackingParams)
+log_dreams = task(log.log_dreams, name="log-dreams")
 
 
 @flow(name="deepdream")
@@ -40,13 +34,10 @@ def deepdream_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[s
         The MLflow run ids and the per-setting results.
     """
     root = Path(root).resolve()
-    paths = deepdream.DeepDreamPaths().under(root)
-    child_run_ids = []
-    with technique_run(deepdream.TECHNIQUE, profile, root, validate) as run:
-        for stage in run.stages:
-            run.run_stage(stage)
-            if stage.name == "deepdream_dream":
-                child_run_ids = log_dreams(run.run_id, run.experiment_id, paths)
+    paths = storage.under(root, DeepDreamPaths())
+    with technique_run(TECHNIQUES["deepdream"], profile, root) as run:
+        run.run_stages(through="deepdream_dream")
+        child_run_ids = log_dreams(run.run_id, run.experiment_id, paths)
     metrics = json.loads(paths.metrics.read_text())
     settings = json.loads((paths.dreams / "results.json").read_text())["settings"]
     summary = "\n".join(
@@ -64,4 +55,4 @@ def deepdream_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[s
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(deepdream_flow, validate))
+    raise SystemExit(run_cli(deepdream_flow, ["deepdream"]))

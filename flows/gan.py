@@ -7,26 +7,19 @@ side) with one child run per grid point.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 
 from flows.cli import REPO_ROOT, run_cli
-from flows.technique_run import technique_run
-from tasks import gan, tracking
-from tasks.params import parse_section
-from tasks.runtime import RuntimeParams
+from flows.registry import TECHNIQUES
+from flows.technique_run import raise_if_failed, technique_run
+from tasks import grid, storage
+from tasks.gan import log
+from tasks.gan.params import GanPaths
 
-log_training = task(gan.log_training, name="log-training")
-
-
-def validate(params: dict[str, Any]) -> None:
-    """Fail before anything runs if the sections this flow reads are invalid."""
-    parse_section(params, "gan", gan.GanParams)
-    parse_section(params, "runtime", RuntimeParams)
-    parse_section(params, "tracking", tracking.TrackingParams)
+log_training = task(log.log_training, name="log-training")
 
 
 @flow(name="gan")
@@ -35,7 +28,7 @@ def gan_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, An
 
     A point whose loss became NaN (or that collapsed with `instability.action: stop`) keeps its last
     good generator; its child run, the parent run and the flow run end FAILED once all is logged.
-    An interrupted run resumes each point from its last finished epoch.
+    An interrupted run resumes each point after its last finished epoch.
 
     Args:
         profile: name of a params overlay in profiles/ (e.g. "quick"); None = params.yaml as is.
@@ -45,15 +38,11 @@ def gan_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, An
         The MLflow run ids and each grid point's metrics.
     """
     root = Path(root).resolve()
-    paths = gan.GanPaths().under(root)
-    child_run_ids: dict[str, str] = {}
-    with technique_run(gan.TECHNIQUE, profile, root, validate) as run:
-        action = parse_section(run.params, "gan", gan.GanParams).train.instability.action
-        for stage in run.stages:
-            run.run_stage(stage)
-            if stage.name == "gan_train":
-                child_run_ids = log_training(run.run_id, run.experiment_id, paths, action)
-        points = json.loads((paths.training / "points.json").read_text())
+    paths = storage.under(root, GanPaths())
+    with technique_run(TECHNIQUES["gan"], profile, root) as run:
+        run.run_stages(through="gan_train")
+        child_run_ids = log_training(run.run_id, run.experiment_id, paths)
+        points = grid.read_points(paths.training / "points.json")
         lines = [
             "## GAN",
             f"- MLflow run `{run.run_id}` ({run.tracking_uri}); final samples side by side: "
@@ -71,8 +60,8 @@ def gan_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, An
                 + f", d_loss {metrics.get('d_loss', float('nan')):.3f}, g_loss {metrics.get('g_loss', float('nan')):.3f} "
                 f"after {metrics['epochs_completed']} epochs, {metrics['steps_per_second']:.1f} steps/s"
             )
-            if metrics["diverged_at_epoch"] or metrics["collapsed_at_epoch"]:
-                line += f" -- {gan.failure_message(point, action)}"
+            if point["instability"]:
+                line += f" -- {point['instability']}"
             lines.append(line)
         result = run.publish(
             "\n".join(lines),
@@ -80,16 +69,9 @@ def gan_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, An
             child_run_ids=child_run_ids,
             metrics={point["name"]: point["metrics"] for point in points},
         )
-        failed = [
-            point
-            for point in points
-            if point["metrics"]["diverged_at_epoch"]
-            or (point["metrics"]["collapsed_at_epoch"] and action == "stop")
-        ]
-        if failed:
-            raise gan.TrainingFailed("; ".join(gan.failure_message(point, action) for point in failed))
+        raise_if_failed(points)
     return result
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(gan_flow, validate))
+    raise SystemExit(run_cli(gan_flow, ["gan"]))

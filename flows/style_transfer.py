@@ -13,19 +13,13 @@ from typing import Any
 from prefect import flow, task
 
 from flows.cli import REPO_ROOT, run_cli
+from flows.registry import TECHNIQUES
 from flows.technique_run import technique_run
-from tasks import style_transfer, tracking
-from tasks.params import parse_section
-from tasks.runtime import RuntimeParams
+from tasks import storage
+from tasks.style_transfer import log
+from tasks.style_transfer.params import StyleTransferPaths
 
-log_stylizations = task(style_transfer.log_stylizations, name="log-stylizations")
-
-
-def validate(params: dict[str, Any]) -> None:
-    """Fail before anything runs if the sections this flow reads are invalid."""
-    parse_section(params, "style_transfer", style_transfer.StyleTransferParams)
-    parse_section(params, "runtime", RuntimeParams)
-    parse_section(params, "tracking", tracking.TrackingParams)
+log_stylizations = task(log.log_stylizations, name="log-stylizations")
 
 
 @flow(name="style-transfer")
@@ -40,29 +34,29 @@ def style_transfer_flow(profile: str | None = None, root: Path = REPO_ROOT) -> d
         The MLflow run ids and the per-point metrics.
     """
     root = Path(root).resolve()
-    paths = style_transfer.StyleTransferPaths().under(root)
-    child_run_ids = []
-    with technique_run(style_transfer.TECHNIQUE, profile, root, validate) as run:
-        for stage in run.stages:
-            run.run_stage(stage)
-            if stage.name == "style_transfer_stylize":
-                child_run_ids = log_stylizations(run.run_id, run.experiment_id, paths)
+    paths = storage.under(root, StyleTransferPaths())
+    with technique_run(TECHNIQUES["style_transfer"], profile, root) as run:
+        run.run_stages(through="style_transfer_stylize")
+        child_run_ids = log_stylizations(run.run_id, run.experiment_id, paths)
     metrics = json.loads(paths.metrics.read_text())
     points = json.loads((paths.results / "results.json").read_text())["points"]
-    summary = "\n".join(
-        [
-            "## Neural style transfer",
-            f"- MLflow run `{run.run_id}` ({run.tracking_uri}); comparison grid `{paths.results / 'grid.png'}`",
-            *(
-                f"- `{point['name']}`: loss {values['final_loss']:.4g} (content {values['final_content_loss']:.3g}, "
-                f"style {values['final_style_loss']:.3g}, TV {values['final_total_variation_loss']:.3g}) after "
-                f"{point['steps']} steps, {values['seconds']:.1f} s"
-                for point, values in zip(points, metrics.values())
-            ),
-        ]
-    )
+    summary = summarize(points, paths, run.run_id, run.tracking_uri)
     return run.publish(summary, "style-transfer-summary", child_run_ids=child_run_ids, metrics=metrics)
 
 
+def summarize(points: list[dict[str, Any]], paths: StyleTransferPaths, run_id: str, tracking_uri: str) -> str:
+    lines = [
+        "## Neural style transfer",
+        f"- MLflow run `{run_id}` ({tracking_uri}); comparison grid `{paths.results / 'grid.png'}`",
+    ]
+    for point in points:
+        final = point["metrics"]
+        lines.append(
+            f"- `{point['label']}`: loss {final['final_loss']:.4g} (content {final['final_content_loss']:.3g}, "
+            f"style {final['final_style_loss']:.3g}, TV {final['final_total_variation_loss']:.3g}) after "
+            f"{point['steps']} steps, {final['seconds']:.1f} s"
+        )
+    return "\n".join(lines)
+
 if __name__ == "__main__":
-    raise SystemExit(run_cli(style_transfer_flow, validate))
+    raise SystemExit(run_cli(style_transfer_flow, ["style_transfer"]))

@@ -1,9 +1,10 @@
-"""What every technique's flow does around its own logging: apply the params profile, open the
-MLflow parent run, run the technique's DVC stages as Prefect tasks, tag the run with what ran."""
+"""What every technique's flow does around its own logging: hold the checkout and apply the params
+profile, open the MLflow parent run, run the technique's DVC stages as Prefect tasks, tag the run
+with what ran, and end it FAILED if a grid point failed."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,28 +14,37 @@ import mlflow
 from prefect import get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 
-from tasks import tracking
-from tasks.params import applied_profile, parse_section
-from tasks.pipeline import Stage, load_stages, run_stage
+from flows.registry import Technique, validate
+from tasks import grid, tracking
+from tasks.params import applied_profile
+from tasks.pipeline import run_stage, stage_retries
+from tasks.training import TrainingFailed
 
 
 @dataclass
 class TechniqueRun:
     root: Path
     params: dict[str, Any]  # params.yaml with the profile applied: what the stages read
-    stages: list[Stage]  # this technique's stages from dvc.yaml, in dependency order
+    stages: tuple[str, ...]  # this technique's stages, in the order they run
     run_id: str  # the MLflow parent run
     experiment_id: str
     tracking_uri: str
     stages_run: list[str] = field(default_factory=list)
 
-    def run_stage(self, stage: Stage) -> bool:
-        """Run one DVC stage as a Prefect task with its retry policy; True if it ran."""
-        task = run_stage.with_options(name=f"dvc:{stage.name}", retries=stage.retries, retry_delay_seconds=3)
-        ran = task(stage.name, self.root)
-        if ran:
-            self.stages_run.append(stage.name)
-        return ran
+    stages_done: list[str] = field(default_factory=list)
+
+    def run_stages(self, through: str) -> None:
+        """Run the technique's stages not run yet, in order, up to and including `through`; each
+        is a Prefect task with its retry policy. The flow logs a stage's outputs after this."""
+        if through not in self.stages[len(self.stages_done) :]:
+            raise ValueError(f"{through!r} is not one of the stages still to run: {self.stages}")
+        for name in self.stages[len(self.stages_done) : self.stages.index(through) + 1]:
+            task = run_stage.with_options(
+                name=f"dvc:{name}", retries=stage_retries(self.root, name), retry_delay_seconds=3
+            )
+            if task(name, self.root):
+                self.stages_run.append(name)
+            self.stages_done.append(name)
 
     def publish(self, summary: str, artifact_key: str, **results: Any) -> dict[str, Any]:
         """Log the flow's markdown summary, keep it as a Prefect artifact, return the flow's result."""
@@ -49,38 +59,42 @@ class TechniqueRun:
         }
 
 
+def raise_if_failed(points: Sequence[dict[str, Any]]) -> None:
+    """After everything is logged: a grid point that failed fails the parent run and the flow run."""
+    failures = grid.failures(points)
+    if failures:
+        raise TrainingFailed("; ".join(failures))
+
+
 @contextmanager
-def technique_run(
-    technique: str, profile: str | None, root: Path, validate: Callable[[dict[str, Any]], None]
-) -> Iterator[TechniqueRun]:
+def technique_run(technique: Technique, profile: str | None, root: Path) -> Iterator[TechniqueRun]:
     """The MLflow parent run of one flow run; it ends FAILED if the body raises."""
     logger = get_run_logger()
     with applied_profile(root, profile) as params:
-        validate(params)
-        settings = parse_section(params, "tracking", tracking.TrackingParams)
+        settings = validate(params, [technique.name])["tracking"]
         tracking_uri = tracking.resolve_tracking_uri(settings.uri, root)
         experiment_id = tracking.setup_experiment(
-            tracking_uri, tracking.experiment_name(settings.experiment_prefix, technique)
+            tracking_uri, tracking.experiment_name(settings.experiment_prefix, technique.name)
         )
-        stages = load_stages(root, prefix=f"{technique}_")
         with mlflow.start_run(
             experiment_id=experiment_id,
-            run_name=f"{technique} {runtime.flow_run.name or ''}".strip(),
+            run_name=f"{technique.name} {runtime.flow_run.name or ''}".strip(),
             tags={
-                "technique": technique,
+                "technique": technique.name,
                 "profile": profile or "default",
                 "prefect.flow_run_id": str(runtime.flow_run.id or ""),
                 **tracking.git_tags(root),
             },
         ) as parent:
-            run = TechniqueRun(root, params, stages, parent.info.run_id, experiment_id, tracking_uri)
+            run = TechniqueRun(root, params, technique.stages, parent.info.run_id, experiment_id, tracking_uri)
             logger.info("MLflow run %s in experiment %s (%s)", run.run_id, experiment_id, tracking_uri)
-            tracking.log_params(run.run_id, {technique: params[technique], "runtime": params["runtime"]})
+            tracking.log_params(run.run_id, {technique.name: params[technique.name], "runtime": params["runtime"]})
             yield run
+            assert run.stages_done == list(technique.stages), "the flow left stages out"
             tracking.set_tags(
                 run.run_id,
                 {
                     "dvc.stages_run": ",".join(run.stages_run) or "none (all up to date)",
-                    **tracking.dvc_lock_tags(root, [stage.name for stage in stages]),
+                    **tracking.dvc_lock_tags(root, technique.stages),
                 },
             )

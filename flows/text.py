@@ -6,26 +6,22 @@ tracked in MLflow as one parent run with one child run per sampling temperature.
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 
 from flows.cli import REPO_ROOT, run_cli
+from flows.registry import TECHNIQUES
 from flows.technique_run import technique_run
-from tasks import text, tracking
-from tasks.params import parse_section
-from tasks.runtime import RuntimeParams
+from tasks import storage
+from tasks.text.char_lstm import log
+from tasks.text.char_lstm.params import TextPaths
 
-log_training = task(text.log_training, name="log-training")
-log_samples = task(text.log_samples, name="log-samples")
-
-
-def validate(params: dict[str, Any]) -> None:
-    """Fail before anything runs if the sections this flow reads are invalid."""
-    parse_section(params, "text", text.TextParams)
-    parse_section(params, "runtime", RuntimeParams)
-    parse_section(params, "tracking", tracking.TrackingParams)
+log_training = task(log.log_training, name="log-training")
+log_samples = task(log.log_samples, name="log-samples")
 
 
 @flow(name="text-generation")
@@ -40,24 +36,19 @@ def text_generation(profile: str | None = None, root: Path = REPO_ROOT) -> dict[
         The MLflow run ids and the training and sampling results.
     """
     root = Path(root).resolve()
-    paths = text.TextPaths().under(root)
-    child_run_ids, train_metrics = [], {}
-    with technique_run(text.TECHNIQUE, profile, root, validate) as run:
-        for stage in run.stages:
-            run.run_stage(stage)
-            if stage.name == "text_train":
-                train_metrics = log_training(run.run_id, paths)
-            elif stage.name == "text_sample":
-                child_run_ids = log_samples(run.run_id, run.experiment_id, paths)
+    paths = storage.under(root, TextPaths())
+    with technique_run(TECHNIQUES["text"], profile, root) as run:
+        run.run_stages(through="text_train")
+        train_metrics = log_training(run.run_id, paths)
+        run.run_stages(through="text_sample")
+        child_run_ids = log_samples(run.run_id, run.experiment_id, paths)
     summary = summarize(paths, train_metrics, run.run_id, run.tracking_uri)
     return run.publish(
         summary, "text-generation-summary", child_run_ids=child_run_ids, train_metrics=train_metrics
     )
 
 
-def summarize(paths: text.TextPaths, train_metrics: dict[str, Any], run_id: str, tracking_uri: str) -> str:
-    import json
-
+def summarize(paths: TextPaths, train_metrics: dict[str, Any], run_id: str, tracking_uri: str) -> str:
     samples = json.loads((paths.samples / "samples.json").read_text(encoding="utf-8"))
     best = train_metrics.get("best_val_loss", train_metrics.get("best_loss"))
     lines = [
@@ -66,7 +57,7 @@ def summarize(paths: text.TextPaths, train_metrics: dict[str, Any], run_id: str,
         f"- model: `{paths.model}`; samples: `{paths.samples}`; metrics: `{paths.train_metrics}`, "
         f"`{paths.sample_metrics}`",
         f"- best validation loss {best:.4f} nats "
-        f"({best / 0.6931471805599453:.3f} bits/char) at epoch {train_metrics.get('best_epoch')}"
+        f"({best / math.log(2.0):.3f} bits/char) at epoch {train_metrics.get('best_epoch')}"
         + (" (training diverged: stopped at the last good epoch)" if train_metrics.get("diverged") else ""),
         "",
         f"Seed: `{samples[0]['seed']!r}`" if samples else "",
@@ -81,4 +72,4 @@ def summarize(paths: text.TextPaths, train_metrics: dict[str, Any], run_id: str,
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(text_generation, validate))
+    raise SystemExit(run_cli(text_generation, ["text"]))

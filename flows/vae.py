@@ -14,20 +14,14 @@ from typing import Any
 from prefect import flow, task
 
 from flows.cli import REPO_ROOT, run_cli
-from flows.technique_run import technique_run
-from tasks import tracking, vae
-from tasks.params import parse_section
-from tasks.runtime import RuntimeParams
+from flows.registry import TECHNIQUES
+from flows.technique_run import raise_if_failed, technique_run
+from tasks import grid, storage
+from tasks.vae import log
+from tasks.vae.params import VaePaths
 
-log_training = task(vae.log_training, name="log-training")
-log_samples = task(vae.log_samples, name="log-samples")
-
-
-def validate(params: dict[str, Any]) -> None:
-    """Fail before anything runs if the sections this flow reads are invalid."""
-    vae.check_known_concepts(parse_section(params, "vae", vae.VaeParams))
-    parse_section(params, "runtime", RuntimeParams)
-    parse_section(params, "tracking", tracking.TrackingParams)
+log_training = task(log.log_training, name="log-training")
+log_samples = task(log.log_samples, name="log-samples")
 
 
 @flow(name="vae")
@@ -35,7 +29,8 @@ def vae_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, An
     """Run the VAE stages through DVC and log every grid point's training and latent space to MLflow.
 
     A grid point whose loss became NaN keeps its last good epoch's models; its child run and the
-    parent run end FAILED and the flow raises `vae.TrainingDiverged` once everything is logged.
+    parent run end FAILED and the flow raises `tasks.training.TrainingFailed` once everything is
+    logged.
 
     Args:
         profile: name of a params overlay in profiles/ (e.g. "quick"); None = params.yaml as is.
@@ -45,16 +40,13 @@ def vae_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, An
         The MLflow run ids and each grid point's training and sampling metrics.
     """
     root = Path(root).resolve()
-    paths = vae.VaePaths().under(root)
-    child_run_ids: dict[str, str] = {}
-    with technique_run(vae.TECHNIQUE, profile, root, validate) as run:
-        for stage in run.stages:
-            run.run_stage(stage)
-            if stage.name == "vae_train":
-                child_run_ids = log_training(run.run_id, run.experiment_id, paths)
-            elif stage.name == "vae_sample":
-                log_samples(run.run_id, child_run_ids, paths)
-        points = json.loads((paths.training / "points.json").read_text())
+    paths = storage.under(root, VaePaths())
+    with technique_run(TECHNIQUES["vae"], profile, root) as run:
+        run.run_stages(through="vae_train")
+        child_run_ids = log_training(run.run_id, run.experiment_id, paths)
+        run.run_stages(through="vae_sample")
+        log_samples(run.run_id, child_run_ids, paths)
+        points = grid.read_points(paths.training / "points.json")
         sample_metrics = json.loads(paths.sample_metrics.read_text())
         result = run.publish(
             summarize(points, sample_metrics, paths, run.run_id, run.tracking_uri),
@@ -62,16 +54,14 @@ def vae_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, An
             child_run_ids=child_run_ids,
             metrics={p["name"]: {**p["metrics"], **sample_metrics.get(p["name"], {})} for p in points},
         )
-        diverged = [point for point in points if point["metrics"]["diverged_at_epoch"]]
-        if diverged:
-            raise vae.TrainingDiverged("; ".join(vae.diverged_message(point) for point in diverged))
+        raise_if_failed(points)
     return result
 
 
 def summarize(
     points: list[dict[str, Any]],
     sample_metrics: dict[str, Any],
-    paths: vae.VaePaths,
+    paths: VaePaths,
     run_id: str,
     tracking_uri: str,
 ) -> str:
@@ -104,4 +94,4 @@ def summarize(
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(vae_flow, validate))
+    raise SystemExit(run_cli(vae_flow, ["vae"]))

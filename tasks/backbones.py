@@ -17,14 +17,15 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from tasks import data
+from tasks import storage
+from tasks.steps import StepError
 
 BACKBONES = ("inception_v3", "vgg16", "vgg19", "hed_vgg16")
 MIN_INPUT_SIZE = {"inception_v3": 75, "vgg16": 32, "vgg19": 32, "hed_vgg16": 32}  # pixels, for the pooling
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.vgg16.preprocess_input's
 
 
-class BackboneError(ValueError):
+class BackboneError(StepError, ValueError):
     """An unknown backbone, an unknown layer, or weights that cannot be had."""
 
 
@@ -98,7 +99,7 @@ def _keras_application(application, name: str, weights: str) -> keras.Model:
     if weights == "random":
         return application(weights=None, include_top=False)
     try:
-        with data.network_timeout():
+        with storage.network_timeout():
             return application(weights="imagenet", include_top=False)
     # Keras re-raises download failures as bare `Exception`, so nothing narrower catches them.
     except Exception as error:

@@ -1,9 +1,10 @@
 """Images shared by the techniques: where they come from, reading them robustly, writing them
-atomically, and labelled comparison grids for MLflow."""
+atomically, mosaics of generated images, and labelled comparison grids for MLflow."""
 
 from __future__ import annotations
 
 import importlib.resources
+import math
 import os
 import urllib.parse
 from collections.abc import Sequence
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from tasks import data
+from tasks import storage
+from tasks.steps import StepError
 
 # Photos that installed packages ship, for offline runs ("bundled:<name>").
 BUNDLED_IMAGES = {
@@ -22,7 +24,7 @@ BUNDLED_IMAGES = {
 }
 
 
-class ImageError(ValueError):
+class ImageError(StepError, ValueError):
     """An image source that cannot be read, or is not an image."""
 
 
@@ -41,7 +43,7 @@ def resolve_source(source: str, sha256: str = "") -> Path:
         return Path(str(importlib.resources.files(package).joinpath(resource)))
     parts = urllib.parse.urlsplit(source)
     if parts.scheme in ("http", "https"):
-        return data.cached_download(source, sha256)
+        return storage.cached_download(source, sha256)
     path = Path(urllib.parse.unquote(parts.path)) if parts.scheme == "file" else Path(source)
     if not path.is_file():
         raise ImageError(f"image {source} not found")
@@ -84,6 +86,20 @@ def save_image(image: np.ndarray, path: Path) -> Path:
     Image.fromarray(to_uint8(image)).save(temporary, format="PNG")
     os.replace(temporary, path)
     return path
+
+
+def mosaic(pixels: np.ndarray, columns: int = 0) -> np.ndarray:
+    """(n, h, w, c) images in [0, 1] tiled row-major into one (rows * h, columns * w, 3) [0, 255]
+    image; `columns` 0 = a near-square mosaic. Empty cells stay white."""
+    count, height, width, channels = pixels.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = -(-count // columns)
+    canvas = np.ones((rows * height, columns * width, channels), np.float32)
+    for index, image in enumerate(pixels):
+        row, column = divmod(index, columns)
+        canvas[row * height : (row + 1) * height, column * width : (column + 1) * width] = image
+    canvas = np.repeat(canvas, 3, axis=-1) if channels == 1 else canvas
+    return canvas * 255.0
 
 
 def labelled_grid(

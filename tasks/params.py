@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import fcntl
 import io
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,13 +21,19 @@ from typing import Any, TypeVar
 import pydantic
 from ruamel.yaml import YAML, YAMLError
 
+from tasks.steps import StepError
+
+log = logging.getLogger(__name__)
+
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"
+CHECKOUT_LOCK = Path(".gendl/checkout.lock")  # held by the flow run that works in this checkout
+PARAMS_BACKUP = Path(".gendl/params.yaml.original")  # params.yaml as it was while a profile is applied
 
 Section = TypeVar("Section", bound=pydantic.BaseModel)
 
 
-class ParamsError(ValueError):
+class ParamsError(StepError, ValueError):
     """A params file or profile is missing, malformed, or holds an unknown or ill-typed key."""
 
 
@@ -77,7 +85,7 @@ def overlay(base: Mapping[str, Any], patch: Mapping[str, Any], where: str = "") 
     for key, value in patch.items():
         dotted = f"{where}.{key}" if where else key
         if key not in merged:
-            raise ParamsError(f"profile sets unknown key {dotted}{_did_you_mean(key, merged)}")
+            raise ParamsError(f"profile sets unknown key {dotted}{did_you_mean(key, merged)}")
         if isinstance(value, Mapping) and isinstance(merged[key], Mapping):
             merged[key] = overlay(merged[key], value, dotted)
         else:
@@ -112,31 +120,67 @@ def parse_section(params: Mapping[str, Any], name: str, model: type[Section]) ->
         raise ParamsError(_describe(error, name, model)) from None
 
 
-def check_sections(params: Mapping[str, Any], known: set[str]) -> None:
-    """Reject top-level sections that no technique reads (typos would otherwise be ignored)."""
-    for name in params:
-        if name not in known:
-            raise ParamsError(f"{PARAMS_FILE}: unknown section {name!r}{_did_you_mean(name, known)}")
+class CheckoutBusy(ParamsError):
+    """Another flow run holds this checkout (its DVC workspace and params.yaml)."""
+
+
+@contextmanager
+def checkout_lock(root: Path) -> Iterator[None]:
+    """Hold this checkout for one flow run; a second one fails at once with one line.
+
+    An OS lock (flock): a killed run releases it with its process, so nothing stale is left.
+    DVC allows one `dvc repro` per workspace anyway, and a profile lives in params.yaml.
+    """
+    path = root / CHECKOUT_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise CheckoutBusy(
+                f"{root} is in use by another gendl flow run ({holder}): wait for it to finish, "
+                "or run this one in another clone"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextmanager
 def applied_profile(root: Path, profile: str | None) -> Iterator[dict[str, Any]]:
-    """Write the profile-merged params into params.yaml for the duration, then restore the file.
+    """Hold the checkout and put the profile-merged params into params.yaml for the duration.
 
     DVC stages read params.yaml, so the overlay has to be on disk for dvc.lock to record what
-    ran; the original bytes come back afterwards, even on failure or Ctrl-C.
+    ran (as `dvc exp run -S` does). The original bytes are kept in .gendl/ first and put back
+    afterwards, even on failure or Ctrl-C; a run that was killed before it could put them back
+    is repaired by the next one, which holds the lock and finds the kept copy.
     """
-    params = load_params(root, profile)
-    params_path = root / PARAMS_FILE
-    if not profile:
-        yield params
-        return
-    original = params_path.read_bytes()
-    _write_atomically(params_path, dump_yaml(params).encode())
-    try:
-        yield params
-    finally:
-        _write_atomically(params_path, original)
+    with checkout_lock(root):
+        params_path, backup = root / PARAMS_FILE, root / PARAMS_BACKUP
+        if backup.is_file():
+            log.warning("%s: restoring the params of a run that was killed while a profile was applied", params_path)
+            _write_atomically(params_path, backup.read_bytes())
+            backup.unlink()
+        params = load_params(root, profile)
+        if not profile:
+            yield params
+            return
+        original = params_path.read_bytes()
+        _write_atomically(backup, original)
+        _write_atomically(params_path, dump_yaml(params).encode())
+        try:
+            yield params
+        finally:
+            _write_atomically(params_path, original)
+            backup.unlink()
 
 
 def _write_atomically(path: Path, content: bytes) -> None:
@@ -154,7 +198,7 @@ def _describe(error: pydantic.ValidationError, section: str, model: type[pydanti
             key = str(problem["loc"][-1])
             valid = list(parent.model_fields) if parent else []
             lines.append(
-                f"unknown key {location}{_did_you_mean(key, valid)}"
+                f"unknown key {location}{did_you_mean(key, valid)}"
                 + (f" (valid keys: {', '.join(valid)})" if valid else "")
             )
         elif problem["type"] == "missing":
@@ -175,6 +219,6 @@ def _model_at(model: type[pydantic.BaseModel], loc: tuple) -> type[pydantic.Base
     return model
 
 
-def _did_you_mean(key: str, candidates) -> str:
+def did_you_mean(key: str, candidates) -> str:
     close = difflib.get_close_matches(key, list(candidates), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,8 +1,9 @@
 """The DVC pipeline as the flows see it: stages read from dvc.yaml, each run through DVC.
 
-dvc.yaml is the only definition of the steps; a flow asks DVC for the stages of its technique
-in dependency order and runs each with `dvc repro --single-item`, so DVC skips what is up to
-date and dvc.lock records what ran, exactly as with a plain `dvc repro`.
+dvc.yaml is the only definition of the steps; a flow runs the stages its technique declares
+(flows/registry.py, checked against dvc.yaml by a test) one by one with
+`dvc repro --single-item`, so DVC skips what is up to date and dvc.lock records what ran, exactly
+as with a plain `dvc repro`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -45,26 +45,12 @@ def retry_if_retryable(task, task_run, state) -> bool:
     return not isinstance(error, StageFailed) or error.retryable
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    cmd: str
-    retries: int  # Prefect retries, from the stage's `meta.retries` in dvc.yaml
-
-
-def load_stages(root: Path, prefix: str) -> list[Stage]:
-    """The stages whose name starts with `prefix`, in the order DVC would run them."""
-    import networkx
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        ordered = list(reversed(list(networkx.topological_sort(graph))))
-    return [
-        Stage(stage.name, stage.cmd, int((stage.meta or {}).get("retries", 0)))
-        for stage in ordered
-        if getattr(stage, "name", "").startswith(prefix)
-    ]
+def stage_retries(root: Path, name: str) -> int:
+    """Prefect retries of a stage: its `meta.retries` in dvc.yaml (DVC itself ignores meta)."""
+    stages = (parse_yaml((root / "dvc.yaml").read_text()) or {}).get("stages", {})
+    if name not in stages:
+        raise KeyError(f"dvc.yaml has no stage {name!r}")
+    return int((stages[name].get("meta") or {}).get("retries", 0))
 
 
 def stage_lock(root: Path, name: str) -> dict:

@@ -1,14 +1,32 @@
-"""How a step's command line tells the flow that ran it through DVC why it failed: one line on
-stderr, "error: ..." for bad input (not worth retrying), "retryable error: ..." when trying
-again may help (a network failure). DVC passes the line through; the flow reads it back."""
+"""The command line of every DVC step, and how it tells the flow that ran it through DVC why it
+failed: one line on stderr, "error: ..." for bad input (not worth retrying), "retryable error: ..."
+when trying again may help (a network failure). DVC passes the line through; the flow reads it back.
+
+A technique's step module ends with
+
+    if __name__ == "__main__":
+        sys.exit(run_steps({"train": train, "sample": sample}, __doc__))
+
+and dvc.yaml runs `python -m tasks.<technique>.<module> <step>` from the repo root.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 ERROR = "error: "
 RETRYABLE_ERROR = "retryable error: "
+
+
+class StepError(Exception):
+    """Bad input a step reports as one line instead of a traceback; `retryable` if trying again
+    may help. Every input error of gendl (params, data, images, downloads) derives from it."""
+
+    retryable = False
 
 
 def report_error(error: Exception) -> int:
@@ -25,3 +43,19 @@ def read_error(output: Sequence[str]) -> tuple[str, bool] | None:
             if line.startswith(prefix):
                 return line.removeprefix(prefix), prefix == RETRYABLE_ERROR
     return None
+
+
+def run_steps(
+    steps: Mapping[str, Callable[[Path], object]], description: str | None, argv: Sequence[str] | None = None
+) -> int:
+    """Parse `<step> [--root DIR]`, run `steps[step](root)` and turn a StepError into its one line."""
+    parser = argparse.ArgumentParser(description=(description or "").strip().split("\n", 1)[0])
+    parser.add_argument("step", choices=list(steps))
+    parser.add_argument("--root", type=Path, default=Path("."), help="repo root holding params.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    try:
+        steps[args.step](args.root)
+    except StepError as error:
+        return report_error(error)
+    return 0

@@ -19,6 +19,7 @@ import mlflow
 import pydantic
 from mlflow.entities import Metric, Param, RunTag
 
+from tasks import storage
 from tasks.params import Params, parse_yaml
 
 DEFAULT_STORE_DIR = "mlflow"  # under the repo root: mlflow.db and artifacts/
@@ -124,23 +125,72 @@ def log_metric_rows(
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
-def log_keras_model(run_id: str, model, name: str = "model", **kwargs) -> str:
-    """Log a Keras model in MLflow's `keras` flavor on run `run_id`; returns its model URI.
+def log_keras_model(run_id: str, path: Path, name: str = "model", **kwargs) -> str:
+    """Log the Keras model saved at `path` on run `run_id` (keras flavor); returns its model URI,
+    also tagged on the run as `<name>_uri`.
 
-    The requirements are the installed keras, tensorflow and numpy: MLflow would otherwise infer
-    them by loading the model in a fresh interpreter, ~5 s per model.
+    Idempotent: the logged model carries the file's md5 (DVC's hash of it) as tag `gendl.md5`, and
+    when the run's experiment already holds a model of this name and md5 nothing is uploaded: the
+    run points at that model instead (`<name>_uri`, `<name>_reused_from_run`). So a flow run whose
+    training stage DVC skipped does not log the same weights again; one that trained logs the new
+    file. The requirements are the installed keras, tensorflow and numpy: MLflow would otherwise
+    infer them by loading the model in a fresh interpreter, ~5 s per model.
     """
+    import keras
     import mlflow.keras  # flavor module; imported here to keep module import light
 
+    md5 = md5_of(path)
+    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    existing = [
+        model
+        for model in mlflow.search_logged_models(
+            experiment_ids=[experiment_id],
+            filter_string=f"name = '{name}' AND tags.`gendl.md5` = '{md5}'",
+            output_format="list",
+        )
+        if str(model.status) in ("READY", "LoggedModelStatus.READY")
+    ]
+    if existing:
+        uri = existing[0].model_uri
+        set_tags(run_id, {f"{name}_uri": uri, f"{name}_reused_from_run": existing[0].source_run_id})
+        return uri
     kwargs.setdefault(
         "pip_requirements",
         [f"{package}=={importlib.metadata.version(package)}" for package in ("keras", "tensorflow", "numpy")],
     )
-
-    info = mlflow.models.Model.log(
-        artifact_path=None, name=name, flavor=mlflow.keras, model=model, run_id=run_id, **kwargs
+    # Created here with the run's experiment: Model.log alone would file it under the active one.
+    logged_model = mlflow.initialize_logged_model(
+        name=name, source_run_id=run_id, experiment_id=experiment_id, tags={"gendl.md5": md5}
     )
+    info = mlflow.models.Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=mlflow.keras,
+        model=keras.models.load_model(path),
+        run_id=run_id,
+        model_id=logged_model.model_id,
+        **kwargs,
+    )
+    set_tags(run_id, {f"{name}_uri": info.model_uri})
     return info.model_uri
+
+
+def md5_of(path: Path) -> str:
+    """The md5 DVC records for a file."""
+    return storage.file_hash(path, "md5")
+
+
+def start_child_run(parent_run_id: str, experiment_id: str, run_name: str):
+    """A nested MLflow run under the flow's parent run (a context manager, as mlflow.start_run)."""
+    return mlflow.start_run(
+        run_name=run_name, experiment_id=experiment_id, parent_run_id=parent_run_id, nested=True
+    )
+
+
+def mark_failed(run_id: str, failure: str) -> None:
+    """End run `run_id` FAILED, with the reason as its `failure` tag."""
+    set_tags(run_id, {"failure": failure})
+    mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
 
 
 def git_tags(root: Path) -> dict[str, str]:

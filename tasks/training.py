@@ -1,21 +1,61 @@
 """Keras training helpers the techniques that train a model share: a progress log that works in
-any log sink, reading CSVLogger histories, and saving a model so a reader never sees half a file."""
+any log sink, the NaN guard that keeps the last good epoch, reading CSVLogger histories, and saving
+a model so a reader never sees half a file."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import keras
 
+from tasks import storage
+
 log = logging.getLogger(__name__)
 
 
-class Progress(keras.callbacks.Callback):
+class TrainingFailed(RuntimeError):
+    """Training of one or more grid points failed (a NaN loss, a collapse); raised by the flow
+    once everything that was kept has been logged."""
+
+
+def all_finite(logs: Mapping[str, float] | None) -> bool:
+    return all(math.isfinite(float(value)) for value in (logs or {}).values())
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stops training at the first batch whose logged values are not finite, and after every epoch
+    whose values all are calls `save_epoch(epoch)` (1-based), so the last good epoch's model stays
+    on disk. `last_good_epoch` and `diverged_at_epoch` (1-based, 0 = none) say what happened."""
+
+    def __init__(self, save_epoch: Callable[[int], None], initial_epoch: int = 0):
+        super().__init__()
+        self.save_epoch = save_epoch
+        self.last_good_epoch = initial_epoch
+        self.diverged_at_epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not all_finite(logs):
+            self.diverged_at_epoch = self.epoch
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.diverged_at_epoch or not all_finite(logs):
+            self.diverged_at_epoch = self.diverged_at_epoch or epoch + 1
+            self.model.stop_training = True
+            return
+        self.save_epoch(epoch + 1)
+        self.last_good_epoch = epoch + 1
+
+
+class ProgressLog(keras.callbacks.Callback):
     """Logs steps and loss every `every_seconds`, and a line per epoch (works in any log sink)."""
 
     def __init__(
@@ -63,11 +103,7 @@ class Progress(keras.callbacks.Callback):
 
 def read_history(path: Path) -> list[dict[str, float]]:
     """keras.callbacks.CSVLogger rows with a 1-based epoch (MLflow's step)."""
-    with open(path, newline="") as file:
-        return [
-            {key: (int(value) + 1 if key == "epoch" else float(value)) for key, value in row.items()}
-            for row in csv.DictReader(file)
-        ]
+    return [{**row, "epoch": int(row["epoch"]) + 1} for row in storage.read_rows(path)]
 
 
 def save_model_atomically(model: keras.Model, path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 from tests.flows.conftest import make_repo_copy
 
@@ -42,3 +43,20 @@ def test_ill_typed_value_and_unknown_profile_are_reported(tmp_path):
         and "unknown profile 'quik'" in unknown.stderr
         and "available: quick" in unknown.stderr
     )
+
+
+def test_a_second_flow_in_the_same_checkout_refuses_at_once_and_params_stay_untouched(tmp_path):
+    from tasks.params import applied_profile
+    from tests.flows.conftest import GIT
+
+    root = make_repo_copy(tmp_path / "repo")
+    with applied_profile(root, "quick"):  # a first flow run holds the checkout, its profile applied
+        started = time.monotonic()
+        second = run_flow_cli(root, "--profile", "quick")
+        seconds = time.monotonic() - started
+    assert second.returncode == 2
+    error_lines = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "in use by another gendl flow run" in error_lines[0], second.stderr
+    assert seconds < 30, "the second run should refuse before Prefect starts"
+    status = subprocess.run([*GIT, "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+    assert status.stdout == "", status.stdout

@@ -3,57 +3,69 @@ it, and the flows, params and step code cannot drift away from it unnoticed."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import re
+from pathlib import Path
 
+import networkx
 import pydantic
 import pytest
 import yaml
 
-from flows.cli import KNOWN_SECTIONS
-from tasks import deepdream, gan, style_transfer, text, vae
-from tasks.pipeline import load_stages
+from flows.registry import KNOWN_SECTIONS, TECHNIQUES
 from tests.conftest import REPO_ROOT
 from tests.flows.conftest import dvc
-
-TEXT_STAGES = ["text_download", "text_prepare", "text_train", "text_sample"]
-STEPS = {  # technique -> (module the stages run, its CLI steps, its params model, its paths)
-    "text": ("tasks.text", {"download", "prepare", "train", "sample"}, text.TextParams, text.TextPaths),
-    "deepdream": ("tasks.deepdream", {"image", "dream"}, deepdream.DeepDreamParams, deepdream.DeepDreamPaths),
-    "style_transfer": (
-        "tasks.style_transfer",
-        {"images", "stylize"},
-        style_transfer.StyleTransferParams,
-        style_transfer.StyleTransferPaths,
-    ),
-    "vae": ("tasks.vae", {"data", "train", "sample"}, vae.VaeParams, vae.VaePaths),
-    "gan": ("tasks.gan", {"data", "classifier", "train"}, gan.GanParams, gan.GanPaths),
-}
 
 
 def dvc_yaml() -> dict:
     return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
 
 
-def test_flow_builds_its_tasks_from_dvc_yaml_in_dependency_order():
-    stages = load_stages(REPO_ROOT, prefix="text_")
-    assert [stage.name for stage in stages] == TEXT_STAGES
-    assert {stage.name: stage.retries for stage in stages}["text_download"] > 0
+def paths_of(technique) -> object:
+    """The technique's paths dataclass, declared beside its params model."""
+    module = importlib.import_module(technique.params.__module__)
+    return getattr(module, technique.params.__name__.replace("Params", "Paths"))()
 
 
-def test_flow_builds_deepdream_tasks_in_dependency_order():
-    stages = load_stages(REPO_ROOT, prefix="deepdream_")
-    assert [stage.name for stage in stages] == ["deepdream_image", "deepdream_dream"]
+def test_every_stage_belongs_to_exactly_one_technique():
+    declared = [stage for technique in TECHNIQUES.values() for stage in technique.stages]
+    assert sorted(declared) == sorted(dvc_yaml()["stages"]), "flows/registry.py and dvc.yaml disagree"
+    for name, technique in TECHNIQUES.items():
+        assert all(stage.startswith(f"{name}_") for stage in technique.stages)
 
 
-@pytest.mark.parametrize("technique", sorted(STEPS))
-def test_every_stage_command_is_a_step_the_cli_has(technique):
-    module, steps, _, _ = STEPS[technique]
-    stages = {name: stage for name, stage in dvc_yaml()["stages"].items() if name.startswith(f"{technique}_")}
-    assert stages
-    for stage in stages.values():
-        match = re.fullmatch(rf"python -m {re.escape(module)} (\w+)", stage["cmd"])
-        assert match and match.group(1) in steps, stage["cmd"]
+def test_each_technique_lists_its_stages_in_an_order_dvc_can_run_them():
+    from dvc.repo import Repo
+
+    with Repo(str(REPO_ROOT)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        depends_on = {
+            stage.name: {dependency.name for dependency in networkx.descendants(graph, stage)}
+            for stage in graph.nodes
+        }
+    for technique in TECHNIQUES.values():
+        for position, stage in enumerate(technique.stages):
+            later = set(technique.stages[position + 1 :])
+            assert not depends_on[stage] & later, f"{stage} runs before a stage it depends on"
+
+
+def step_names(module: str) -> set[str]:
+    """The steps a step module's `run_steps({...})` offers, read from its source."""
+    path = REPO_ROOT / Path(*module.split(".")).with_suffix(".py")
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "run_steps":
+            return {key.value for key in node.args[0].keys}
+    return set()
+
+
+@pytest.mark.parametrize("name", sorted(dvc_yaml()["stages"]))
+def test_every_stage_command_is_a_step_its_module_has(name):
+    command = dvc_yaml()["stages"][name]["cmd"]
+    match = re.fullmatch(r"python -m (tasks\.[\w.]+) (\w+)", command)
+    assert match, command
+    assert match.group(2) in step_names(match.group(1)), command
 
 
 def listed_params() -> set[str]:
@@ -80,22 +92,22 @@ def knobs(model, prefix: str):
             yield f"{prefix}.{name}"
 
 
-@pytest.mark.parametrize("technique", sorted(STEPS))
+@pytest.mark.parametrize("technique", sorted(TECHNIQUES))
 def test_every_knob_is_listed_by_a_stage(technique):
     # A knob no stage lists would change nothing DVC sees: runs would not be reproducible.
     listed = listed_params()
-    for knob in knobs(STEPS[technique][2], technique):
+    for knob in knobs(TECHNIQUES[technique].params, technique):
         prefixes = [".".join(knob.split(".")[:depth]) for depth in range(1, knob.count(".") + 2)]
         assert any(prefix in listed for prefix in prefixes), f"{knob} is read but no stage lists it"
 
 
-@pytest.mark.parametrize("technique", sorted(STEPS))
+@pytest.mark.parametrize("technique", sorted(TECHNIQUES))
 def test_the_paths_the_flow_logs_are_declared_outputs_of_dvc_stages(technique):
     declared = set()
     for stage in dvc_yaml()["stages"].values():
         for kind in ("outs", "metrics", "plots"):
             declared |= {next(iter(item)) if isinstance(item, dict) else item for item in stage.get(kind, [])}
-    for path in vars(STEPS[technique][3]()).values():
+    for path in vars(paths_of(TECHNIQUES[technique])).values():
         assert str(path) in declared, f"{path} is not an output of any stage in dvc.yaml"
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from flows.gan import gan_flow
-from tasks.gan import TrainingFailed, read_rows
+from tasks.storage import read_rows
+from tasks.training import TrainingFailed
 from tests.flows.conftest import (
     children_of,
     dvc,
@@ -154,9 +155,9 @@ def test_a_killed_training_resumes_at_its_last_finished_epoch(flow_run):
     write_params(root, params)
     try:
         training = subprocess.Popen(
-            [sys.executable, "-m", "tasks.gan", "train"], cwd=root, stdout=subprocess.DEVNULL
+            [sys.executable, "-m", "tasks.gan.steps", "train"], cwd=root, stdout=subprocess.DEVNULL
         )
-        try:  # BackupAndRestore saves an epoch before the epoch's row is written: kill after epoch 2's row
+        try:  # the checkpoint of an epoch is saved after its row is written: kill once epoch 2's row is there
             deadline = time.monotonic() + 300
             while not any(len(read_rows(path)) >= 2 for path in root.glob(".gendl/gan/*/epochs.csv")):
                 assert training.poll() is None and time.monotonic() < deadline, (

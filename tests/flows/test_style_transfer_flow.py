@@ -101,7 +101,7 @@ def test_parent_run_has_the_inputs_and_a_labelled_grid_with_a_tile_per_point(flo
     num_tiles = 3 + len(result["metrics"])  # content, two styles, one image per point
     assert num_tiles == 7 and grid.shape[0] > 256 * 2  # tiles are 256 px high, four to a row
     results = json.loads((root / "outputs/style_transfer/results/results.json").read_text())
-    assert sorted(point["name"] for point in results["points"]) == sorted(
+    assert sorted(point["label"] for point in results["points"]) == sorted(
         c.info.run_name for c in children_of(result)
     )
 

@@ -129,6 +129,12 @@ def test_rerun_skips_up_to_date_stages_and_sampling_change_reruns_only_sampling(
     again = text_generation(root=root)
     assert again["stages_run"] == []
     assert again["run_id"] != first["run_id"]
+    # Nothing retrained: the run points at the model logged by the first, nothing is uploaded again.
+    client = mlflow.MlflowClient()
+    first_tags, again_tags = client.get_run(first["run_id"]).data.tags, client.get_run(again["run_id"]).data.tags
+    assert again_tags["model_uri"] == first_tags["model_uri"]
+    assert again_tags["model_reused_from_run"] == first["run_id"]
+    assert len(mlflow.search_logged_models([first["experiment_id"]], output_format="list")) == 1
     assert mlflow.MlflowClient().get_run(again["run_id"]).data.metrics[
         "train.best_val_loss"
     ] == pytest.approx(first["train_metrics"]["best_val_loss"])

@@ -16,7 +16,7 @@ from PIL import Image
 
 from flows.vae import vae_flow
 from tasks.pipeline import StageFailed
-from tasks.vae import TrainingDiverged
+from tasks.training import TrainingFailed
 from tests.flows.conftest import (
     children_of,
     dvc,
@@ -129,7 +129,7 @@ def test_nan_loss_keeps_the_last_good_models_and_fails_the_runs(flow_run, monkey
     params["vae"]["train"] = {**original, "learning_rate": 1.0e6, "epochs": 3}
     write_params(root, params)
     try:
-        with pytest.raises(TrainingDiverged, match=r"loss became NaN in epoch \d"):
+        with pytest.raises(TrainingFailed, match=r"loss became NaN in epoch \d"):
             vae_flow(root=root)
     finally:
         params["vae"]["train"] = original

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tasks import data, images
+from tasks import images, storage
 from tasks.backbones import BACKBONES, Backbone, BackboneError, load_backbone
 
 VGG_FAMILY = ("vgg16", "vgg19", "hed_vgg16")
@@ -262,7 +262,7 @@ def test_pretrained_imagenet_weights_offline_fail_fast_pointing_at_hed_vgg16(ker
         pytest.skip("ImageNet weights downloaded: this machine is online")
     elapsed = time.perf_counter() - started
 
-    assert elapsed < data.DOWNLOAD_TIMEOUT_SECONDS
+    assert elapsed < storage.DOWNLOAD_TIMEOUT_SECONDS
     assert "hed_vgg16" in message
     assert "offline" in message.lower()
     assert "vgg16" in message

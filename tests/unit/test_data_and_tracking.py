@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tasks import data, tracking
+from tasks import storage, tracking
 from tasks.params import load_params
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -35,25 +35,25 @@ def uncached_name() -> str:
     return f"not-cached-{uuid.uuid4().hex[:8]}.txt"
 
 
-# --- data.fetch -----------------------------------------------------------------------------
+# --- storage.fetch -----------------------------------------------------------------------------
 
 
 def test_fetch_copies_a_file_url_to_the_destination(tmp_path, source):
     destination = tmp_path / "repo" / "data" / "corpus.txt"
     checksum = sha256_hex(source.read_bytes())
 
-    result = data.fetch(source.as_uri(), destination, checksum)
+    result = storage.fetch(source.as_uri(), destination, checksum)
 
     assert result == destination
     assert destination.read_bytes() == source.read_bytes()
-    assert data.sha256_of(destination) == checksum
+    assert storage.sha256_of(destination) == checksum
     assert sorted(path.name for path in destination.parent.iterdir()) == ["corpus.txt"]
 
 
 def test_fetch_copies_a_plain_local_path(tmp_path, source):
     destination = tmp_path / "corpus.txt"
 
-    data.fetch(str(source), destination)
+    storage.fetch(str(source), destination)
 
     assert destination.read_bytes() == source.read_bytes()
 
@@ -62,8 +62,8 @@ def test_fetch_with_a_wrong_checksum_writes_nothing(tmp_path, source):
     destination = tmp_path / "repo" / "corpus.txt"
     wrong = sha256_hex(b"something else")
 
-    with pytest.raises(data.DownloadError, match=f"expected {wrong}") as error:
-        data.fetch(source.as_uri(), destination, wrong)
+    with pytest.raises(storage.DownloadError, match=f"expected {wrong}") as error:
+        storage.fetch(source.as_uri(), destination, wrong)
 
     assert sha256_hex(source.read_bytes()) in str(error.value)
     assert not error.value.retryable
@@ -74,8 +74,8 @@ def test_fetch_with_a_wrong_checksum_writes_nothing(tmp_path, source):
 def test_fetch_of_a_missing_local_file_fails(tmp_path):
     url = (tmp_path / "missing.txt").as_uri()
 
-    with pytest.raises(data.DownloadError, match="no such file") as error:
-        data.fetch(url, tmp_path / "corpus.txt")
+    with pytest.raises(storage.DownloadError, match="no such file") as error:
+        storage.fetch(url, tmp_path / "corpus.txt")
     assert url in str(error.value)
 
 
@@ -84,8 +84,8 @@ def test_fetch_from_an_unreachable_url_fails_fast_naming_the_keras_cache(tmp_pat
     url = f"{CLOSED_PORT_URL}/{name}"
     started = time.perf_counter()
 
-    with pytest.raises(data.DownloadError) as error:
-        data.fetch(url, tmp_path / "corpus.txt")
+    with pytest.raises(storage.DownloadError) as error:
+        storage.fetch(url, tmp_path / "corpus.txt")
 
     assert time.perf_counter() - started < 10
     message = str(error.value)
@@ -100,10 +100,10 @@ def test_failed_fetch_leaves_an_existing_destination_intact(tmp_path, source):
     destination = tmp_path / "corpus.txt"
     destination.write_text("the previous corpus")
 
-    with pytest.raises(data.DownloadError):
-        data.fetch(f"{CLOSED_PORT_URL}/{uncached_name()}", destination)
-    with pytest.raises(data.DownloadError):
-        data.fetch(source.as_uri(), destination, sha256_hex(b"something else"))
+    with pytest.raises(storage.DownloadError):
+        storage.fetch(f"{CLOSED_PORT_URL}/{uncached_name()}", destination)
+    with pytest.raises(storage.DownloadError):
+        storage.fetch(source.as_uri(), destination, sha256_hex(b"something else"))
 
     assert destination.read_text() == "the previous corpus"
     assert [path.name for path in tmp_path.iterdir() if path.is_file()] == ["corpus.txt"]
@@ -111,10 +111,10 @@ def test_failed_fetch_leaves_an_existing_destination_intact(tmp_path, source):
 
 def test_fetch_offline_uses_the_verified_keras_cache(tmp_path, nietzsche_path):
     checksum = load_params(REPO_ROOT)["text"]["data"]["sha256"]
-    assert data.sha256_of(nietzsche_path) == checksum, "the Keras cache does not hold the book's corpus"
+    assert storage.sha256_of(nietzsche_path) == checksum, "the Keras cache does not hold the book's corpus"
     destination = tmp_path / "corpus.txt"
 
-    data.fetch(f"{CLOSED_PORT_URL}/nietzsche.txt", destination, checksum)
+    storage.fetch(f"{CLOSED_PORT_URL}/nietzsche.txt", destination, checksum)
 
     assert destination.read_bytes() == nietzsche_path.read_bytes()
 
@@ -126,8 +126,8 @@ def test_offline_checksum_mismatch_keeps_the_cached_copy(tmp_path, keras_home):
     cached.write_text("a corpus copied into the cache by hand")
     wrong = sha256_hex(b"something else")
 
-    with pytest.raises(data.DownloadError):
-        data.fetch(f"{CLOSED_PORT_URL}/{name}", tmp_path / "corpus.txt", wrong)
+    with pytest.raises(storage.DownloadError):
+        storage.fetch(f"{CLOSED_PORT_URL}/{name}", tmp_path / "corpus.txt", wrong)
 
     assert cached.is_file(), "the cached copy was deleted"
     cached.unlink(missing_ok=True)
@@ -285,3 +285,70 @@ def test_set_tags_beyond_one_batch(run_id):
 
     tags = mlflow.MlflowClient().get_run(run_id).data.tags
     assert all(tags[f"tag_{index:03d}"] == str(index) for index in range(150))
+
+
+def saved_model(path: Path, seed: int) -> Path:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.save(path)
+    return path
+
+
+def test_logging_the_same_model_file_twice_uploads_it_once(store, tmp_path):
+    experiment_id = tracking.setup_experiment(sqlite_uri(store / "mlflow.db"), f"test-{uuid.uuid4().hex[:8]}")
+    client = mlflow.MlflowClient()
+    first, second, third = (client.create_run(experiment_id).info.run_id for _ in range(3))
+    path = saved_model(tmp_path / "model.keras", seed=1)
+
+    uri = tracking.log_keras_model(first, path)
+    again = tracking.log_keras_model(second, path)  # e.g. a flow run whose training DVC skipped
+
+    assert again == uri
+    assert client.get_run(first).data.tags["model_uri"] == uri
+    tags = client.get_run(second).data.tags
+    assert tags["model_uri"] == uri and tags["model_reused_from_run"] == first
+    assert len(mlflow.search_logged_models([experiment_id], output_format="list")) == 1
+    loaded = mlflow.keras.load_model(uri)
+    assert loaded.output_shape == (None, 2)
+
+    retrained = saved_model(tmp_path / "model.keras", seed=2)  # a stage that ran: new weights
+    assert tracking.log_keras_model(third, retrained) != uri
+    assert "model_reused_from_run" not in client.get_run(third).data.tags
+    assert len(mlflow.search_logged_models([experiment_id], output_format="list")) == 2
+
+
+def test_md5_is_the_hash_dvc_records(tmp_path):
+    import hashlib
+
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"gendl" * 1000)
+    assert tracking.md5_of(path) == hashlib.md5(b"gendl" * 1000).hexdigest()
+
+
+# --- CSV records and paths -----------------------------------------------------------------------
+
+
+def test_rows_round_trip_with_columns_in_order_of_appearance(tmp_path):
+    rows = [{"epoch": 1, "loss": 2.5}, {"epoch": 2, "loss": 2.0, "frechet_distance": 12.0}]
+    path = tmp_path / "nested" / "epochs.csv"
+
+    storage.write_rows(path, rows)
+
+    assert path.read_text().splitlines()[0] == "epoch,loss,frechet_distance"
+    assert storage.read_rows(path) == [{"epoch": 1.0, "loss": 2.5}, {"epoch": 2.0, "loss": 2.0, "frechet_distance": 12.0}]
+    assert [p.name for p in path.parent.iterdir()] == ["epochs.csv"], "a temporary file was left behind"
+    assert storage.read_rows(tmp_path / "missing.csv") == []
+
+
+def test_under_puts_every_path_of_a_paths_dataclass_under_the_root(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Paths:
+        data: Path = Path("data/x")
+        model: Path = Path("models/x/model.keras")
+
+    rooted = storage.under(tmp_path, Paths())
+    assert rooted == Paths(tmp_path / "data/x", tmp_path / "models/x/model.keras")

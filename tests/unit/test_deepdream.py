@@ -15,24 +15,21 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tasks import deepdream, images
-from tasks.backbones import BackboneError, load_backbone
-from tasks.deepdream import (
-    MIN_INPUT_SIZE,
-    DeepDreamParams,
-    DeepDreamPaths,
+from tasks import images, storage
+from tasks.backbones import BACKBONES, MIN_INPUT_SIZE, BackboneError, load_backbone
+from tasks.deepdream.data import fetch_image
+from tasks.deepdream.model import (
     check_octaves,
-    draw_random_settings,
     dream,
     dream_loss,
-    dream_settings,
-    fetch_image,
     gradient_ascent,
     make_loss_and_grads,
     octave_shapes,
     tile_edges,
     tiled_loss_and_grads,
 )
+from tasks.deepdream.params import DeepDreamParams, DeepDreamPaths
+from tasks.deepdream.steps import all_settings, draw_random_settings, dream_settings, setting_name
 from tasks.params import ParamsError, load_params, parse_section
 from tasks.runtime import RuntimeParams
 
@@ -475,7 +472,7 @@ def parse_error(section: dict) -> str:
 def test_repo_deepdream_params_parse(deepdream_section):
     params = parse_section({"deepdream": deepdream_section}, "deepdream", DeepDreamParams)
 
-    assert params.backbone in deepdream.BACKBONES
+    assert params.backbone in BACKBONES
     assert params.num_octave >= 1 and params.octave_scale >= 1.0
 
 
@@ -544,6 +541,25 @@ def step_params(repo_params: dict, **overrides) -> DeepDreamParams:
     return parse_section({"deepdream": section}, "deepdream", DeepDreamParams)
 
 
+def dream_params(
+    paths: DeepDreamPaths, params: DeepDreamParams, runtime: RuntimeParams, weights: str = "pretrained"
+) -> list[dict]:
+    """dream_settings with the fields of a params section, as the dream step calls it."""
+    return dream_settings(
+        paths,
+        all_settings(params),
+        backbone=params.backbone,
+        tile_size=params.tile_size,
+        num_octave=params.num_octave,
+        octave_scale=params.octave_scale,
+        iterations=params.iterations,
+        step=params.step,
+        max_loss=params.max_loss,
+        runtime=runtime,
+        weights=weights,
+    )
+
+
 @pytest.fixture
 def runtime(repo_params) -> RuntimeParams:
     return parse_section(repo_params, "runtime", RuntimeParams)
@@ -551,22 +567,22 @@ def runtime(repo_params) -> RuntimeParams:
 
 @pytest.fixture
 def step_paths(tmp_path) -> DeepDreamPaths:
-    paths = DeepDreamPaths().under(tmp_path)
+    paths = storage.under(tmp_path, DeepDreamPaths())
     fetch_image(paths, "bundled:china", "", max_size=PHOTO_SIZE)
     return paths
 
 
 def test_dream_settings_writes_dreams_grid_results_and_metrics(step_paths, repo_params, runtime):
     params = step_params(repo_params)
-    settings = deepdream.all_settings(params)
-    names = [deepdream.setting_name(setting) for setting in settings]
+    settings = all_settings(params)
+    names = [setting_name(setting) for setting in settings]
     assert len(settings) == 3 and len(set(names)) == 3
     with Image.open(step_paths.image) as source:
         assert source.format == "PNG" and max(source.size) == PHOTO_SIZE
         input_size = source.size
     input_pixels = images.read_image(step_paths.image)
 
-    results = dream_settings(step_paths, params, runtime)
+    results = dream_params(step_paths, params, runtime)
 
     # One dream per setting, a valid PNG of the input's size that differs from the input.
     dreams = []
@@ -612,7 +628,7 @@ def test_an_unknown_layer_in_any_setting_fails_before_any_dream_is_written(step_
     )
 
     with pytest.raises(BackboneError, match="'mixed4'") as error:
-        dream_settings(step_paths, params, runtime)
+        dream_params(step_paths, params, runtime)
 
     assert "block4_conv3" in str(error.value)  # the valid layers are listed
     assert not step_paths.dreams.exists()
@@ -620,11 +636,11 @@ def test_an_unknown_layer_in_any_setting_fails_before_any_dream_is_written(step_
 
 
 def test_too_small_input_fails_before_any_dream_is_written(tmp_path, repo_params, runtime):
-    paths = DeepDreamPaths().under(tmp_path)
+    paths = storage.under(tmp_path, DeepDreamPaths())
     fetch_image(paths, "bundled:china", "", max_size=48)  # 48 x 32: 3 octaves go below 32 pixels
 
     with pytest.raises(images.ImageError, match="32 pixels"):
-        dream_settings(paths, step_params(repo_params, num_octave=3), runtime)
+        dream_params(paths, step_params(repo_params, num_octave=3), runtime)
 
     assert not paths.dreams.exists()
 
@@ -644,7 +660,7 @@ def test_tiles_below_the_backbone_minimum_fail_clearly_or_dream_finitely(step_pa
     assert min(np.diff(tile_edges(PHOTO_SIZE * 86 // 128, 40))) < MIN_INPUT_SIZE["hed_vgg16"]
 
     try:
-        results = dream_settings(step_paths, params, runtime, weights="random")
+        results = dream_params(step_paths, params, runtime, weights="random")
     except (images.ImageError, ParamsError) as error:
         assert "tile" in str(error)
         assert not step_paths.dreams.exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -21,45 +22,57 @@ import pytest
 from keras import ops
 from PIL import Image
 
-from tasks import data, gan, images
-from tasks.datasets import DatasetError, Split, conform, load_keras_dataset, load_split, save_split
-from tasks.gan import (
+from tasks import grid, images, storage
+from tasks.gan import model as gan_model
+from tasks.gan import steps as gan_steps
+from tasks.gan.data import data as data_step
+from tasks.gan.model import (
     GAN,
-    GanDataParams,
-    GanError,
-    GanModelParams,
-    GanParams,
-    GanPaths,
-    GanScoreParams,
-    GanTrainParams,
-    GridPoint,
-    Guard,
-    InstabilityParams,
-    build_classifier,
+    CollapseGuard,
     build_discriminator,
     build_generator,
-    failure_message,
-    feature_statistics,
-    features_of,
     fixed_latents,
-    frechet_distance,
     generate,
-    grid_points,
     noisy_labels,
     num_upsamplings,
-    prepare_data,
+)
+from tasks.gan.params import GanDataParams, GanError, GanParams, GanPaths, InstabilityParams
+from tasks.gan.resume import MANIFEST
+from tasks.gan.score import (
+    build_classifier,
+    feature_statistics,
+    features_of,
+    frechet_distance,
     rotation_task,
-    sample_grid,
     score_features,
     train_classifier,
+)
+from tasks.gan.score import classifier as classifier_step
+from tasks.gan.steps import (
+    CHECKPOINT,
+    GridPoint,
+    TrainingSettings,
+    failure_message,
+    save_generators,
     train_grid,
     train_point,
-    varying_fields,
     work_folder,
+)
+from tasks.gan.steps import train as train_step
+from tasks.image_data import (
+    DatasetError,
+    Split,
+    conform,
+    image_dataset,
+    load_keras_dataset,
+    load_split,
+    prepare_image_data,
+    save_split,
 )
 from tasks.params import ParamsError, dump_yaml, load_params, parse_section
 from tasks.runtime import RuntimeParams
-from tasks.training import Progress
+from tasks.steps import run_steps
+from tasks.training import NanGuard, ProgressLog
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = RuntimeParams(
@@ -77,28 +90,37 @@ POINT = GridPoint(learning_rate=1e-3, label_noise=0.05, dropout=0.2)
 # --- Helpers and shared fixtures ------------------------------------------------------------------
 
 
-def tiny_params(
+def tiny_settings(epochs: int = 2, ema_decay: float = 0.0, num_images: int = 32) -> TrainingSettings:
+    return TrainingSettings(
+        latent_dim=LATENT_DIM,
+        width=WIDTH,
+        epochs=epochs,
+        batch_size=BATCH,
+        ema_decay=ema_decay,
+        grid_images=16,
+        instability=InstabilityParams(d_loss_below=0.05, patience=3, action="warn"),
+        num_images=num_images,
+    )
+
+
+def tiny_grid(
     epochs: int = 2,
     ema_decay: float = 0.0,
     learning_rate: tuple[float, ...] = (1e-3,),
     num_images: int = 32,
-) -> GanParams:
-    return GanParams(
-        data=GanDataParams(
-            dataset="fashion_mnist", folder="", image_size=TILE, channels=1, test_split=0.1, max_images=0
-        ),
-        model=GanModelParams(latent_dim=LATENT_DIM, width=WIDTH, dropout=[0.2]),
-        train=GanTrainParams(
-            epochs=epochs,
-            batch_size=BATCH,
-            learning_rate=list(learning_rate),
-            label_noise=[0.05],
-            ema_decay=ema_decay,
-            grid_images=16,
-            instability=InstabilityParams(d_loss_below=0.05, patience=3, action="warn"),
-        ),
-        score=GanScoreParams(features="classifier", classifier_epochs=1, num_images=num_images),
-    )
+) -> dict:
+    """What train_grid takes besides the paths, the runtime and the root."""
+    return {
+        "settings": tiny_settings(epochs, ema_decay, num_images),
+        "learning_rates": list(learning_rate),
+        "label_noises": [0.05],
+        "dropouts": [0.2],
+        "features": "classifier",
+    }
+
+
+def gan_paths(root: Path) -> GanPaths:
+    return storage.under(root, GanPaths())
 
 
 def tiny_gan(
@@ -198,6 +220,11 @@ def save(image: Image.Image, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+def prepare_data(paths: GanPaths, params: GanDataParams, seed: int) -> dict:
+    """What the data step (tasks.gan.data) does with these params."""
+    return prepare_image_data(params, paths.data, "gan", max_train_images=params.max_images, seed=seed)
 
 
 def folder_params(folder: Path, **changes) -> GanDataParams:
@@ -407,7 +434,7 @@ def test_the_train_step_passes_its_label_noise_to_noisy_labels(real_batch, monke
         calls.append((ops.convert_to_numpy(labels), noise))
         return noisy_labels(labels, noise, seed)
 
-    monkeypatch.setattr(gan, "noisy_labels", spy)
+    monkeypatch.setattr(gan_model, "noisy_labels", spy)
     tiny_gan(label_noise=0.25).train_step(real_batch)
 
     ((labels, noise),) = calls
@@ -435,13 +462,14 @@ def test_the_grid_is_identical_for_identical_weights_and_differs_for_others():
     other = build_generator(SHAPE, LATENT_DIM, WIDTH)
     latents = fixed_latents(16, LATENT_DIM, seed=0)
 
-    grid = sample_grid(generate(generator, latents))
+    grid = images.mosaic(generate(generator, latents))
 
     assert grid.shape == (4 * TILE, 4 * TILE, 3)
     assert grid.min() >= 0.0 and grid.max() <= 255.0
-    assert grid.tobytes() == sample_grid(generate(same, latents)).tobytes()
-    assert grid.tobytes() == sample_grid(generate(generator, fixed_latents(16, LATENT_DIM, seed=0))).tobytes()
-    assert not np.allclose(grid, sample_grid(generate(other, latents)))
+    assert grid.tobytes() == images.mosaic(generate(same, latents)).tobytes()
+    again = images.mosaic(generate(generator, fixed_latents(16, LATENT_DIM, seed=0)))
+    assert grid.tobytes() == again.tobytes()
+    assert not np.allclose(grid, images.mosaic(generate(other, latents)))
 
 
 def test_generate_in_batches_gives_the_images_of_one_batch():
@@ -456,10 +484,10 @@ def test_generate_in_batches_gives_the_images_of_one_batch():
     assert pixels.min() >= 0.0 and pixels.max() <= 1.0
 
 
-def test_sample_grid_tiles_images_row_major_and_fills_the_rest_white():
+def test_the_grid_is_a_near_square_mosaic_row_major_with_the_rest_white():
     pixels = np.stack([np.full((2, 3, 1), value, np.float32) for value in (0.0, 0.25, 0.5, 0.75, 1.0)])
 
-    grid = sample_grid(pixels)
+    grid = images.mosaic(pixels)
 
     assert grid.shape == (2 * 2, 3 * 3, 3)  # 5 images: 3 columns, 2 rows
     for index, value in enumerate((0.0, 0.25, 0.5, 0.75, 1.0)):
@@ -467,7 +495,7 @@ def test_sample_grid_tiles_images_row_major_and_fills_the_rest_white():
         np.testing.assert_array_equal(grid[row * 2 : row * 2 + 2, column * 3 : column * 3 + 3], value * 255)
     np.testing.assert_array_equal(grid[2:, 6:], 255.0)
     rgb = np.random.default_rng(0).uniform(size=(4, 5, 5, 3)).astype(np.float32)
-    np.testing.assert_allclose(sample_grid(rgb)[:5, 5:10], rgb[1] * 255, rtol=1e-6)
+    np.testing.assert_allclose(images.mosaic(rgb)[:5, 5:10], rgb[1] * 255, rtol=1e-6)
 
 
 # --- The quality score -------------------------------------------------------------------------------------
@@ -632,7 +660,7 @@ def write_splits(paths: GanPaths, train: Split, test: Split) -> None:
 def classified(tmp_path_factory, tiny_data) -> tuple[GanPaths, dict]:
     """The data and the scoring classifier steps' outputs, for 128 / 64 Fashion-MNIST images."""
     root = tmp_path_factory.mktemp("classified")
-    paths = GanPaths().under(root)
+    paths = gan_paths(root)
     write_splits(paths, *tiny_data)
     return paths, train_classifier(paths, epochs=1, runtime=RUNTIME)
 
@@ -654,7 +682,7 @@ def test_train_classifier_on_a_one_class_folder_learns_rotations(tmp_path):
     folder = tmp_path / "faces"  # loose images: one class, as the book's CelebA folder
     for index in range(12):
         save(Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)), folder / f"{index}.png")
-    paths = GanPaths().under(tmp_path / "repo")
+    paths = gan_paths(tmp_path / "repo")
     assert prepare_data(paths, folder_params(folder), seed=0)["classes"] == ["faces"]
 
     metrics = train_classifier(paths, epochs=1, runtime=RUNTIME)
@@ -727,14 +755,41 @@ def stub_model(ema: bool = False) -> types.SimpleNamespace:
 @pytest.fixture
 def saves(monkeypatch) -> list:
     made = []
-    monkeypatch.setattr(gan, "save_model_atomically", lambda model, path: made.append((model, path.name)))
+    monkeypatch.setattr(
+        gan_steps, "save_model_atomically", lambda model, path: made.append((model, path.name))
+    )
     return made
+
+
+class Guard:
+    """The guards train_point watches a point with: NaN (it saves the generators after every finite
+    epoch) and collapse, on one model, in train_point's order."""
+
+    def __init__(self, folder: Path, model, d_loss_below: float, patience: int, action: str):
+        self.nan = NanGuard(lambda epoch: save_generators(model, folder))
+        self.collapse = CollapseGuard(d_loss_below, patience, action)
+        self.model = model
+        for callback in (self.nan, self.collapse):
+            callback.set_model(model)
+
+    def on_epoch_begin(self, epoch):
+        self.nan.on_epoch_begin(epoch)
+        self.collapse.on_epoch_begin(epoch)
+
+    def on_train_batch_end(self, batch, logs):
+        self.nan.on_train_batch_end(batch, logs)
+        self.collapse.on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs):
+        self.nan.on_epoch_end(epoch, logs)
+        self.collapse.on_epoch_end(epoch, logs)
 
 
 def run_guard(guard: Guard, losses: list[tuple[float, float]]) -> list[bool]:
     """Feeds epochs of (d_loss, g_loss); returns stop_training after each."""
     stops = []
     for epoch, (d_loss, g_loss) in enumerate(losses):
+        guard.on_epoch_begin(epoch)
         guard.on_epoch_end(epoch, {"d_loss": d_loss, "g_loss": g_loss})
         stops.append(guard.model.stop_training)
     return stops
@@ -744,26 +799,26 @@ COLLAPSING = [(0.5, 1.0), (0.04, 1.5), (0.03, 2.0), (0.02, 2.5)]
 
 
 def test_a_collapse_with_action_stop_stops_training(tmp_path, saves):
-    guard = Guard(tmp_path, d_loss_below=0.05, patience=2, action="stop")
-    guard.set_model(stub_model())
+    model = stub_model()
+    guard = Guard(tmp_path, model, d_loss_below=0.05, patience=2, action="stop")
 
     stops = run_guard(guard, COLLAPSING[:3])
 
     assert stops == [False, False, True]
-    assert guard.collapsed_at_epoch == 3 and guard.diverged_at_epoch == 0
-    assert guard.last_good_epoch == 3
+    assert guard.collapse.collapsed_at_epoch == 3 and guard.nan.diverged_at_epoch == 0
+    assert guard.nan.last_good_epoch == 3
     assert saves == [("generator", "generator.keras")] * 3  # every finite epoch is kept
 
 
 def test_a_collapse_with_action_warn_only_warns(tmp_path, saves, caplog):
-    guard = Guard(tmp_path, d_loss_below=0.05, patience=2, action="warn")
-    guard.set_model(stub_model(ema=True))
+    model = stub_model(ema=True)
+    guard = Guard(tmp_path, model, d_loss_below=0.05, patience=2, action="warn")
 
     with caplog.at_level(logging.WARNING, logger="tasks.gan"):
         stops = run_guard(guard, COLLAPSING)
 
     assert stops == [False] * 4
-    assert guard.collapsed_at_epoch == 3  # the first epoch it happened, not the last
+    assert guard.collapse.collapsed_at_epoch == 3  # the first epoch it happened, not the last
     (warning,) = [record for record in caplog.records if "collapsing" in record.getMessage()]
     assert "epoch 3" in warning.getMessage() and "stopping" not in warning.getMessage()
     assert sorted({name for _, name in saves}) == ["ema_generator.keras", "generator.keras"]
@@ -780,38 +835,40 @@ def test_a_collapse_with_action_warn_only_warns(tmp_path, saves, caplog):
     ids=["generator_improving", "discriminator_not_winning", "interrupted_streaks"],
 )
 def test_no_collapse_without_patience_epochs_of_both_signs(tmp_path, saves, losses):
-    guard = Guard(tmp_path, d_loss_below=0.05, patience=2, action="stop")
-    guard.set_model(stub_model())
+    model = stub_model()
+    guard = Guard(tmp_path, model, d_loss_below=0.05, patience=2, action="stop")
 
     stops = run_guard(guard, losses)
 
-    assert not any(stops) and guard.collapsed_at_epoch == 0
-    assert guard.last_good_epoch == len(losses)
+    assert not any(stops) and guard.collapse.collapsed_at_epoch == 0
+    assert guard.nan.last_good_epoch == len(losses)
 
 
 def test_a_nan_loss_stops_at_once_and_keeps_the_last_good_epoch(tmp_path, saves):
-    guard = Guard(tmp_path, d_loss_below=0.05, patience=2, action="warn")
-    guard.set_model(stub_model())
+    model = stub_model()
+    guard = Guard(tmp_path, model, d_loss_below=0.05, patience=2, action="warn")
     run_guard(guard, [(0.6, 0.9)])
 
+    guard.on_epoch_begin(1)
     guard.on_train_batch_end(3, {"d_loss": 0.5, "g_loss": 1.0})
     assert not guard.model.stop_training
     guard.on_train_batch_end(4, {"d_loss": math.nan, "g_loss": 1.0})
     assert guard.model.stop_training
     guard.on_epoch_end(1, {"d_loss": math.nan, "g_loss": math.inf})
 
-    assert (guard.diverged_at_epoch, guard.last_good_epoch) == (2, 1)
+    assert (guard.nan.diverged_at_epoch, guard.nan.last_good_epoch) == (2, 1)
     assert len(saves) == 1  # the NaN epoch's generator is not saved
 
 
 def test_a_nan_in_the_epoch_logs_alone_stops_training(tmp_path, saves):
-    guard = Guard(tmp_path, d_loss_below=0.05, patience=2, action="warn")
-    guard.set_model(stub_model(ema=True))
+    model = stub_model(ema=True)
+    guard = Guard(tmp_path, model, d_loss_below=0.05, patience=2, action="warn")
 
+    guard.on_epoch_begin(0)
     guard.on_epoch_end(0, {"d_loss": 0.5, "g_loss": math.nan})
 
-    assert guard.model.stop_training and guard.diverged_at_epoch == 1
-    assert (guard.last_good_epoch, saves) == (0, [])
+    assert guard.model.stop_training and guard.nan.diverged_at_epoch == 1
+    assert (guard.nan.last_good_epoch, saves) == (0, [])
 
 
 @pytest.fixture(scope="module")
@@ -819,17 +876,17 @@ def diverged_run(tmp_path_factory, tiny_data, extractor):
     """Three epochs asked for; the real images turn NaN at the third step of epoch 2."""
     folder = tmp_path_factory.mktemp("diverged") / "work"
     made, saves = [], []
-    save_model = gan.save_model_atomically
+    save_model = gan_steps.save_model_atomically
 
     def save_and_remember(model, path):
         saves.append((path.name, [weight.copy() for weight in model.get_weights()]))
         save_model(model, path)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gan, "GAN", recording_gan(made, poison_from_step=STEPS_PER_EPOCH + 2))
-        patch.setattr(gan, "save_model_atomically", save_and_remember)
+        patch.setattr(gan_steps, "GAN", recording_gan(made, poison_from_step=STEPS_PER_EPOCH + 2))
+        patch.setattr(gan_steps, "save_model_atomically", save_and_remember)
         metrics = train_point(
-            POINT, *tiny_data, tiny_params(epochs=3, ema_decay=0.5), extractor, folder, RUNTIME
+            POINT, *tiny_data, tiny_settings(epochs=3, ema_decay=0.5), extractor, folder, RUNTIME
         )
     return {"folder": folder, "metrics": metrics, "saves": saves, "model": made[0]}
 
@@ -879,15 +936,32 @@ def test_failure_messages_say_what_happened_and_what_was_kept():
     assert "stopped, kept the generator of epoch 4" in failure_message(collapsed, "stop")
 
 
+@pytest.mark.parametrize(
+    "diverged, collapsed, action, fails",
+    [(0, 0, "stop", False), (2, 0, "warn", True), (0, 3, "warn", False), (0, 3, "stop", True)],
+    ids=["fine", "nan", "collapse_warn", "collapse_stop"],
+)
+def test_the_train_step_decides_once_whether_a_point_failed(diverged, collapsed, action, fails):
+    metrics = {"diverged_at_epoch": diverged, "collapsed_at_epoch": collapsed, "epochs_completed": 3}
+
+    record = gan_steps.point_record(1, POINT, ["learning_rate"], metrics, action)
+
+    assert (record["name"], record["label"]) == ("point_01", "learning_rate=0.001")
+    assert record["metrics"] == metrics
+    assert record["instability"] == (failure_message(record, action) if diverged or collapsed else "")
+    assert record["failure"] == (record["instability"] if fails else "")
+    assert grid.failures([record]) == ([record["failure"]] if fails else [])
+
+
 # --- Resuming an interrupted run -----------------------------------------------------------------------------
 
 
-def interrupting_progress(epoch: int, batch: int, seen: list) -> type[Progress]:
-    """Progress that records each epoch's begin and end with the generator's weights then, and
+def interrupting_progress(epoch: int, batch: int, seen: list) -> type[ProgressLog]:
+    """ProgressLog that records each epoch's begin and end with the generator's weights then, and
     raises Interrupted after `batch` (1-based) of `epoch` (1-based): every epoch before it has
     fully ended (whatever the order of the other callbacks)."""
 
-    class InterruptingProgress(Progress):
+    class InterruptingProgress(ProgressLog):
         def on_epoch_begin(self, index, logs=None):
             seen.append((index + 1, [w.copy() for w in self.model.generator.get_weights()]))
             super().on_epoch_begin(index, logs)
@@ -909,17 +983,17 @@ def resumed_run(tmp_path_factory, tiny_data, extractor):
     """Three epochs asked for; killed after step 2 of epoch 3; run again in the same folder."""
     root = tmp_path_factory.mktemp("resume")
     folder = root / "work"
-    params = tiny_params(epochs=3)
+    settings = tiny_settings(epochs=3)
     made, first, second = [], [], []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gan, "GAN", recording_gan(made))
-        patch.setattr(gan, "Progress", interrupting_progress(3, 2, first))
+        patch.setattr(gan_steps, "GAN", recording_gan(made))
+        patch.setattr(gan_steps, "ProgressLog", interrupting_progress(3, 2, first))
         with pytest.raises(Interrupted):
-            train_point(POINT, *tiny_data, params, extractor, folder, RUNTIME)
+            train_point(POINT, *tiny_data, settings, extractor, folder, RUNTIME)
         shutil.copytree(folder, root / "interrupted")  # as the kill left it
-        patch.setattr(gan, "Progress", interrupting_progress(0, 0, second))
+        patch.setattr(gan_steps, "ProgressLog", interrupting_progress(0, 0, second))
         with Messages() as messages:
-            metrics = train_point(POINT, *tiny_data, params, extractor, folder, RUNTIME)
+            metrics = train_point(POINT, *tiny_data, settings, extractor, folder, RUNTIME)
     return {
         "root": root,
         "folder": folder,
@@ -979,7 +1053,7 @@ def test_an_interrupted_run_loses_at_most_the_epoch_it_was_in(resumed_run):
 def test_a_run_killed_while_scoring_an_epoch_resumes_with_every_epoch_recorded(
     tmp_path, tiny_data, extractor
 ):
-    folder, params = tmp_path / "work", tiny_params(epochs=3)
+    folder, settings = tmp_path / "work", tiny_settings(epochs=3)
     calls = []
 
     def killed_while_scoring_epoch_2(*statistics):
@@ -989,10 +1063,10 @@ def test_a_run_killed_while_scoring_an_epoch_resumes_with_every_epoch_recorded(
         return frechet_distance(*statistics)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gan, "frechet_distance", killed_while_scoring_epoch_2)
+        patch.setattr(gan_steps, "frechet_distance", killed_while_scoring_epoch_2)
         with pytest.raises(Interrupted):
-            train_point(POINT, *tiny_data, params, extractor, folder, RUNTIME)
-    metrics = train_point(POINT, *tiny_data, params, extractor, folder, RUNTIME)
+            train_point(POINT, *tiny_data, settings, extractor, folder, RUNTIME)
+    metrics = train_point(POINT, *tiny_data, settings, extractor, folder, RUNTIME)
 
     assert metrics["epochs_completed"] == 3
     assert [row["epoch"] for row in read_csv(folder / "epochs.csv")] == [1, 2, 3]
@@ -1000,26 +1074,23 @@ def test_a_run_killed_while_scoring_an_epoch_resumes_with_every_epoch_recorded(
     assert [row["step"] for row in steps] == list(range(1, len(steps) + 1))
 
 
-def test_a_run_killed_while_its_backup_is_written_resumes_from_the_last_complete_one(
+def test_a_run_killed_while_its_checkpoint_is_written_resumes_from_the_last_complete_one(
     tmp_path, tiny_data, extractor
 ):
-    folder, params = tmp_path / "work", tiny_params(epochs=3)
+    folder, settings = tmp_path / "work", tiny_settings(epochs=3)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gan, "Progress", interrupting_progress(3, 1, []))
+        patch.setattr(gan_steps, "ProgressLog", interrupting_progress(3, 1, []))
         with pytest.raises(Interrupted):
-            train_point(POINT, *tiny_data, params, extractor, folder, RUNTIME)
-    backup = folder / "backup"
-    assert json.loads((backup / "backup.json").read_text()) == {
-        "epoch": 2,
-        "weights": "epoch_0002.weights.h5",
-    }
-    assert sorted(path.name for path in backup.glob("*.h5")) == ["epoch_0002.weights.h5"]
-    # A kill while epoch 3's weights were being written leaves half a file beside the backup.
-    complete = (backup / "epoch_0002.weights.h5").read_bytes()
-    (backup / "partial.weights.h5").write_bytes(complete[: len(complete) // 2])
+            train_point(POINT, *tiny_data, settings, extractor, folder, RUNTIME)
+    checkpoint = folder / CHECKPOINT
+    assert json.loads((checkpoint / MANIFEST).read_text()) == {"epoch": 2, "file": "epoch_0002.npz"}
+    assert sorted(path.name for path in checkpoint.iterdir()) == [MANIFEST, "epoch_0002.npz"]
+    # A kill while epoch 3's checkpoint was being written leaves half a file beside the complete one.
+    complete = (checkpoint / "epoch_0002.npz").read_bytes()
+    (checkpoint / ".epoch_0003.npz.partial").write_bytes(complete[: len(complete) // 2])
 
     with Messages() as messages:
-        metrics = train_point(POINT, *tiny_data, params, extractor, folder, RUNTIME)
+        metrics = train_point(POINT, *tiny_data, settings, extractor, folder, RUNTIME)
 
     assert any("resuming after epoch 2" in message for message in messages.messages)
     assert metrics["epochs_completed"] == 3
@@ -1030,13 +1101,63 @@ def test_a_resumed_run_that_diverges_keeps_the_epochs_it_had(resumed_run, tiny_d
     folder = tmp_path / "work"
     shutil.copytree(resumed_run["root"] / "interrupted", folder)  # killed in epoch 3
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gan, "GAN", recording_gan([], poison_from_step=2 * STEPS_PER_EPOCH + 1))
-        metrics = train_point(POINT, *tiny_data, tiny_params(epochs=3), extractor, folder, RUNTIME)
+        patch.setattr(gan_steps, "GAN", recording_gan([], poison_from_step=2 * STEPS_PER_EPOCH + 1))
+        metrics = train_point(POINT, *tiny_data, tiny_settings(epochs=3), extractor, folder, RUNTIME)
 
     assert metrics["diverged_at_epoch"] == 3
     assert metrics["epochs_completed"] == 2
     epochs = read_csv(folder / "epochs.csv")
     assert metrics["frechet_distance"] == epochs[1]["frechet_distance"]
+
+
+def test_a_resumed_run_continues_exactly_as_one_that_was_not_interrupted(tmp_path, tiny_data, extractor):
+    """Two epochs straight vs one epoch, then a new run resuming for the second: the same state of all
+    three networks and both optimizers, so everything the next epoch depends on came back (weights,
+    Adam's moments and step counts, the seeds of the latents, the label noise and the dropout).
+
+    The images are fed in order here. In training they are shuffled, and tf.data draws a new order for
+    each iterator Keras creates; a resumed fit() starts a new dataset, so its epochs see the images in
+    another (equally random) order than the uninterrupted run would have: the state is what carries over.
+    """
+    made = []
+    settings = tiny_settings(epochs=2, ema_decay=0.9)
+
+    def in_order(pixels, batch_size, shuffle, seed=None):
+        return image_dataset(pixels, batch_size, shuffle=False)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gan_steps, "image_dataset", in_order)
+        patch.setattr(gan_steps, "GAN", recording_gan(made))
+        straight = train_point(POINT, *tiny_data, settings, extractor, tmp_path / "straight", RUNTIME)
+        one_epoch = dataclasses.replace(settings, epochs=1)
+        train_point(POINT, *tiny_data, one_epoch, extractor, tmp_path / "resumed", RUNTIME)
+        with Messages() as messages:
+            resumed = train_point(POINT, *tiny_data, settings, extractor, tmp_path / "resumed", RUNTIME)
+
+    assert any("resuming after epoch 1" in message for message in messages.messages)
+    uninterrupted, first_epoch, continued = made
+    # It trained on from there.
+    assert all(changed(values(first_epoch.generator.weights), values(continued.generator.weights)))
+    for network in ("generator", "ema_generator", "discriminator"):
+        for expected, actual in zip(
+            values(getattr(uninterrupted, network).variables),
+            values(getattr(continued, network).variables),
+            strict=True,
+        ):
+            np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-7, err_msg=network)
+    for optimizer in ("d_optimizer", "g_optimizer"):
+        for expected, actual in zip(
+            values(getattr(uninterrupted, optimizer).variables),
+            values(getattr(continued, optimizer).variables),
+            strict=True,
+        ):
+            np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-7, err_msg=optimizer)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(continued.seed_generator.state),
+        ops.convert_to_numpy(uninterrupted.seed_generator.state),
+    )
+    for key in ("d_loss", "g_loss", "frechet_distance", "ema_frechet_distance"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
 
 
 # --- Mixed precision ------------------------------------------------------------------------------------------
@@ -1049,9 +1170,9 @@ def test_mixed_precision_trains_on_cpu_with_loss_scaling(
     runtime = RUNTIME.model_copy(update={"dtype_policy": "mixed_float16"})
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gan, "GAN", recording_gan(made))
+        patch.setattr(gan_steps, "GAN", recording_gan(made))
         metrics = train_point(
-            POINT, *tiny_data, tiny_params(epochs=1, ema_decay=0.9), extractor, tmp_path, runtime
+            POINT, *tiny_data, tiny_settings(epochs=1, ema_decay=0.9), extractor, tmp_path, runtime
         )
 
     (model,) = made
@@ -1080,7 +1201,12 @@ def test_the_repo_params_parse(repo_params):
     params = parse_section(repo_params, "gan", GanParams)
 
     assert params.data.image_size % 4 == 0
-    assert grid_points(params.train, params.model)
+    assert grid.expand(
+        GridPoint,
+        learning_rate=params.train.learning_rate,
+        label_noise=params.train.label_noise,
+        dropout=params.model.dropout,
+    )
 
 
 @pytest.mark.parametrize(
@@ -1135,10 +1261,7 @@ def test_an_unknown_key_is_rejected_with_a_suggestion(repo_params):
 
 
 def test_grid_points_are_the_product_of_rates_noises_and_dropouts():
-    params = tiny_params(learning_rate=(1e-4, 1e-3))
-    train = params.train.model_copy(update={"label_noise": [0.0, 0.1]})
-
-    points = grid_points(train, params.model)
+    points = grid.expand(GridPoint, learning_rate=[1e-4, 1e-3], label_noise=[0.0, 0.1], dropout=[0.2])
 
     assert points == [
         GridPoint(1e-4, 0.0, 0.2),
@@ -1146,9 +1269,9 @@ def test_grid_points_are_the_product_of_rates_noises_and_dropouts():
         GridPoint(1e-3, 0.0, 0.2),
         GridPoint(1e-3, 0.1, 0.2),
     ]
-    assert varying_fields(points) == ["learning_rate", "label_noise"]
-    assert points[3].label(["learning_rate", "label_noise"]) == "learning_rate=0.001, label_noise=0.1"
-    assert points[0].label([]) == "learning_rate=0.0001, label_noise=0, dropout=0.2"
+    assert grid.varying_fields(points) == ["learning_rate", "label_noise"]
+    assert grid.label(points[3], ["learning_rate", "label_noise"]) == "learning_rate=0.001, label_noise=0.1"
+    assert grid.label(points[0], []) == "learning_rate=0.0001, label_noise=0, dropout=0.2"
 
 
 def test_prepare_data_conforms_a_folder_of_mixed_sizes_and_modes(tmp_path):
@@ -1160,7 +1283,7 @@ def test_prepare_data_conforms_a_folder_of_mixed_sizes_and_modes(tmp_path):
     palette.putpalette([90, 90, 90] * 256)
     save(palette, folder / "palette.png")
     (folder / "notes.txt").write_text("not an image")
-    paths = GanPaths().under(tmp_path / "repo")
+    paths = gan_paths(tmp_path / "repo")
 
     summary = prepare_data(paths, folder_params(folder), seed=0)
 
@@ -1184,7 +1307,7 @@ def test_prepare_data_conforms_a_folder_of_mixed_sizes_and_modes(tmp_path):
 
 
 def test_prepare_data_from_fashion_mnist_caps_the_training_images(tmp_path, tiny_data):
-    paths = GanPaths().under(tmp_path)
+    paths = gan_paths(tmp_path)
     params = GanDataParams(
         dataset="fashion_mnist", folder="", image_size=28, channels=1, test_split=0.1, max_images=100
     )
@@ -1200,7 +1323,7 @@ def test_prepare_data_from_a_folder_without_readable_images_fails(tmp_path):
     folder = tmp_path / "nothing"
     (folder / "class").mkdir(parents=True)
     (folder / "class" / "broken.png").write_bytes(b"not an image at all")
-    paths = GanPaths().under(tmp_path / "repo")
+    paths = gan_paths(tmp_path / "repo")
 
     with pytest.raises(DatasetError, match="no readable images") as error:
         prepare_data(paths, folder_params(folder), seed=0)
@@ -1211,17 +1334,17 @@ def test_prepare_data_from_a_folder_without_readable_images_fails(tmp_path):
 
 def test_train_grid_before_the_classifier_step_names_the_step(tmp_path):
     with pytest.raises(GanError, match="run the classifier step first"):
-        train_grid(GanPaths().under(tmp_path), tiny_params(), RUNTIME, tmp_path)
+        train_grid(gan_paths(tmp_path), **tiny_grid(), runtime=RUNTIME, root=tmp_path)
 
 
 def test_train_grid_with_fewer_than_two_test_images_says_so(classified, tmp_path, tiny_data):
     source, _ = classified
-    paths = GanPaths().under(tmp_path)
+    paths = gan_paths(tmp_path)
     shutil.copytree(source.classifier, paths.classifier)
     write_splits(paths, tiny_data[0], Split(tiny_data[1].images[:1], tiny_data[1].labels[:1]))
 
     with pytest.raises(GanError, match="at least 2 held-out real images"):
-        train_grid(paths, tiny_params(), RUNTIME, tmp_path)
+        train_grid(paths, **tiny_grid(), runtime=RUNTIME, root=tmp_path)
 
 
 # --- The command line -------------------------------------------------------------------------------------------
@@ -1243,14 +1366,14 @@ def one_error_line(capsys) -> str:
 def test_cli_train_before_the_classifier_step_prints_one_error_line(tmp_path, repo_params, capsys):
     write_params(tmp_path, repo_params, lambda gan_params: None)
 
-    assert gan.main(["train", "--root", str(tmp_path)]) == 2
+    assert run_steps({"train": train_step}, None, ["train", "--root", str(tmp_path)]) == 2
     assert "run the classifier step first" in one_error_line(capsys)
 
 
 def test_cli_reports_bad_params_as_one_error_line(tmp_path, repo_params, capsys):
     write_params(tmp_path, repo_params, lambda gan_params: gan_params["model"].update(latent_dim=0))
 
-    assert gan.main(["data", "--root", str(tmp_path)]) == 2
+    assert run_steps({"data": data_step}, None, ["data", "--root", str(tmp_path)]) == 2
     assert "gan.model.latent_dim" in one_error_line(capsys)
 
 
@@ -1263,7 +1386,7 @@ def test_cli_data_step_on_an_empty_folder_prints_one_error_line(tmp_path, repo_p
         lambda gan_params: gan_params["data"].update(dataset="folder", folder=str(empty)),
     )
 
-    assert gan.main(["data", "--root", str(tmp_path / "repo")]) == 2
+    assert run_steps({"data": data_step}, None, ["data", "--root", str(tmp_path / "repo")]) == 2
     line = one_error_line(capsys)
     assert "no readable images" in line and str(empty) in line
 
@@ -1271,7 +1394,7 @@ def test_cli_data_step_on_an_empty_folder_prints_one_error_line(tmp_path, repo_p
 def test_cli_classifier_step_before_the_data_step_prints_one_error_line(tmp_path, repo_params, capsys):
     write_params(tmp_path, repo_params, lambda gan_params: None)
 
-    assert gan.main(["classifier", "--root", str(tmp_path)]) == 2
+    assert run_steps({"classifier": classifier_step}, None, ["classifier", "--root", str(tmp_path)]) == 2
     assert "run the data step first" in one_error_line(capsys)
 
 
@@ -1302,25 +1425,21 @@ def test_work_folder_depends_on_the_point_every_setting_and_the_data(tmp_path):
 @pytest.mark.parametrize(
     "change",
     [
-        {"model": {"latent_dim": 16}},
-        {"train": {"epochs": 3}},
-        {"train": {"ema_decay": 0.5}},
-        {"score": {"num_images": 16}},
-        {"model": {"width": 0.25}},
+        {"latent_dim": 16},
+        {"epochs": 3},
+        {"ema_decay": 0.5},
+        {"num_images": 16},
+        {"width": 0.25},
     ],
     ids=["latent_dim", "epochs", "ema_decay", "num_images", "width"],
 )
 def test_train_grid_works_in_another_folder_when_a_setting_changes(classified, tmp_path, change):
     source, _ = classified
-    paths = GanPaths().under(tmp_path)
+    paths = gan_paths(tmp_path)
     for folder in (source.data, source.classifier):
         shutil.copytree(folder, tmp_path / folder.relative_to(source.data.parents[1]))
-    base = tiny_params()
-    changed_params = base.model_copy(
-        update={
-            section: getattr(base, section).model_copy(update=updates) for section, updates in change.items()
-        }
-    )
+    base = tiny_grid()
+    changed_params = {**base, "settings": dataclasses.replace(base["settings"], **change)}
     folders = []
 
     def first_folder(*args):
@@ -1328,10 +1447,10 @@ def test_train_grid_works_in_another_folder_when_a_setting_changes(classified, t
         raise Interrupted("stop before training")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gan, "work_folder", first_folder)
+        patch.setattr(gan_steps, "work_folder", first_folder)
         for params in (base, changed_params):
             with pytest.raises(Interrupted):
-                train_grid(paths, params, RUNTIME, tmp_path)
+                train_grid(paths, **params, runtime=RUNTIME, root=tmp_path)
 
     assert folders[0] != folders[1]
 
@@ -1341,14 +1460,16 @@ def grid_run(tmp_path_factory, classified):
     """Two learning rates, two epochs each, with a moving-average generator."""
     source, _ = classified
     root = tmp_path_factory.mktemp("grid")
-    paths = GanPaths().under(root)
+    paths = gan_paths(root)
     for folder in (source.data, source.classifier):
         shutil.copytree(folder, root / folder.relative_to(source.data.parents[1]))
-    params = tiny_params(epochs=2, ema_decay=0.9, learning_rate=(1e-3, 2e-3))
+    params = tiny_grid(epochs=2, ema_decay=0.9, learning_rate=(1e-3, 2e-3))
     folders = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gan, "work_folder", lambda *args: folders.append(work_folder(*args)) or folders[-1])
-        results = train_grid(paths, params, RUNTIME, root)
+        patch.setattr(
+            gan_steps, "work_folder", lambda *args: folders.append(work_folder(*args)) or folders[-1]
+        )
+        results = train_grid(paths, **params, runtime=RUNTIME, root=root)
     return {"root": root, "paths": paths, "params": params, "results": results, "work_folders": folders}
 
 
@@ -1407,11 +1528,11 @@ def test_each_grid_point_works_in_its_own_folder(grid_run):
     assert first != second
 
 
-def interrupting_point(learning_rate: float, epoch: int) -> type[Progress]:
-    """Progress that raises Interrupted after the first step of `epoch` (1-based) of the point with
+def interrupting_point(learning_rate: float, epoch: int) -> type[ProgressLog]:
+    """ProgressLog that raises Interrupted after the first step of `epoch` (1-based) of the point with
     `learning_rate`: the epochs before it have fully ended."""
 
-    class InterruptingProgress(Progress):
+    class InterruptingProgress(ProgressLog):
         def on_train_batch_end(self, index, logs=None):
             super().on_train_batch_end(index, logs)
             rate = float(ops.convert_to_numpy(self.model.d_optimizer.learning_rate))
@@ -1423,16 +1544,16 @@ def interrupting_point(learning_rate: float, epoch: int) -> type[Progress]:
 
 def test_an_interrupted_grid_resumes_only_the_point_that_was_interrupted(grid_run, tmp_path, caplog):
     source, root = grid_run["paths"], tmp_path
-    paths = GanPaths().under(root)
+    paths = gan_paths(root)
     for folder in (source.data, source.classifier):
         shutil.copytree(folder, root / folder.relative_to(source.data.parents[1]))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gan, "Progress", interrupting_point(2e-3, epoch=2))  # point_01, in epoch 2
+        patch.setattr(gan_steps, "ProgressLog", interrupting_point(2e-3, epoch=2))  # point_01, in epoch 2
         with pytest.raises(Interrupted):
-            train_grid(paths, grid_run["params"], RUNTIME, root)
+            train_grid(paths, **grid_run["params"], runtime=RUNTIME, root=root)
 
     with caplog.at_level(logging.INFO, logger="tasks.gan"):
-        results = train_grid(paths, grid_run["params"], RUNTIME, root)
+        results = train_grid(paths, **grid_run["params"], runtime=RUNTIME, root=root)
 
     messages = [record.getMessage() for record in caplog.records]
     second = next(index for index, message in enumerate(messages) if message.startswith("point 2/2"))
@@ -1448,8 +1569,8 @@ def test_the_saved_generator_draws_the_last_grid(grid_run):
     ema_generator = keras.models.load_model(paths.models / "point_01" / "ema_generator.keras")
     latents = fixed_latents(16, LATENT_DIM, RUNTIME.seed)
 
-    drawn = sample_grid(generate(generator, latents))
-    drawn_ema = sample_grid(generate(ema_generator, latents))
+    drawn = images.mosaic(generate(generator, latents))
+    drawn_ema = images.mosaic(generate(ema_generator, latents))
 
     grids = paths.training / "point_01" / "grids"
     np.testing.assert_array_equal(png_pixels(grids / "epoch_002.png"), images.to_uint8(drawn))
@@ -1459,14 +1580,14 @@ def test_the_saved_generator_draws_the_last_grid(grid_run):
 
 def test_a_second_train_grid_replaces_the_outputs_of_the_first(grid_run, tmp_path):
     source, root = grid_run["paths"], tmp_path
-    paths = GanPaths().under(root)
+    paths = gan_paths(root)
     for folder in (source.data, source.classifier, source.models, source.training):
         shutil.copytree(folder, root / folder.relative_to(source.data.parents[1]))
-    data.write_json(paths.training / "stale.json", {})
+    storage.write_json(paths.training / "stale.json", {})
     params = grid_run["params"]
-    one_point = params.model_copy(update={"train": params.train.model_copy(update={"learning_rate": [1e-3]})})
+    one_point = {**params, "learning_rates": [1e-3]}
 
-    (result,) = train_grid(paths, one_point, RUNTIME, root)
+    (result,) = train_grid(paths, **one_point, runtime=RUNTIME, root=root)
 
     assert result["name"] == "point_00"
     assert result["label"] == "learning_rate=0.001, label_noise=0.05, dropout=0.2"  # nothing varies

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks import data, images
+from tasks import images, storage
 
 CLOSED_PORT_URL = "http://127.0.0.1:9"  # the discard port: nothing listens, connecting fails at once
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -79,7 +79,7 @@ def test_unreachable_url_is_a_download_error_naming_the_url(keras_home):
     url = f"{CLOSED_PORT_URL}/{name}"
     assert not (keras_home / "datasets" / name).exists()
 
-    with pytest.raises(data.DownloadError) as error:
+    with pytest.raises(storage.DownloadError) as error:
         images.resolve_source(url)
 
     assert url in str(error.value)

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import KNOWN_SECTIONS
+from flows.registry import TECHNIQUES, validate
 from tasks.params import (
+    PARAMS_BACKUP,
+    CheckoutBusy,
     ParamsError,
     applied_profile,
-    check_sections,
+    checkout_lock,
     load_params,
     overlay,
     parse_section,
@@ -21,7 +23,7 @@ from tasks.params import (
     read_yaml,
 )
 from tasks.runtime import RuntimeParams
-from tasks.text import TextParams
+from tasks.text.char_lstm.params import TextParams
 from tasks.tracking import TrackingParams
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -168,11 +170,19 @@ def test_unknown_top_level_section_is_named(params):
     params["txt"] = params.pop("text")
 
     with pytest.raises(ParamsError, match=r"unknown section 'txt' \(did you mean 'text'\?\)"):
-        check_sections(params, KNOWN_SECTIONS)
+        validate(params)
 
 
-def test_check_sections_accepts_the_repo_params(repo_params):
-    check_sections(repo_params, KNOWN_SECTIONS)
+def test_the_repo_params_and_the_quick_profile_are_valid_for_every_technique(repo_params):
+    sections = validate(repo_params)
+    assert set(sections) == {"runtime", "tracking", *TECHNIQUES}
+    validate(load_params(REPO_ROOT, "quick"))
+
+
+def test_the_quick_profile_sets_only_sections_the_registry_knows():
+    profile = read_yaml(REPO_ROOT / "profiles" / "quick.yaml")
+    assert set(profile) <= {"runtime", "tracking", *TECHNIQUES}
+    assert set(TECHNIQUES) <= set(profile), "the main job's quick profile must shorten every technique"
 
 
 # --- Files --------------------------------------------------------------------------------
@@ -280,7 +290,8 @@ def test_applied_profile_writes_the_merged_params_and_restores_the_file(repo_cop
         assert params != parse_yaml(original.decode())
 
     assert params_path.read_bytes() == original
-    assert sorted(path.name for path in repo_copy.iterdir()) == ["params.yaml", "profiles"]
+    assert sorted(path.name for path in repo_copy.iterdir()) == [".gendl", "params.yaml", "profiles"]
+    assert [path.name for path in (repo_copy / ".gendl").iterdir()] == ["checkout.lock"]
 
 
 def test_applied_profile_restores_the_file_when_the_body_fails(repo_copy):
@@ -313,3 +324,44 @@ def test_applied_profile_with_a_bad_profile_changes_nothing(repo_copy):
             pytest.fail("the body ran with an invalid profile")
 
     assert (repo_copy / "params.yaml").read_bytes() == original
+
+
+def test_a_second_run_in_the_same_checkout_fails_at_once_and_changes_nothing(repo_copy):
+    params_path = repo_copy / "params.yaml"
+    original = params_path.read_bytes()
+
+    with applied_profile(repo_copy, "quick"):
+        applied = params_path.read_bytes()
+        with pytest.raises(CheckoutBusy, match=r"in use by another gendl flow run \(pid \d+\)"):
+            with applied_profile(repo_copy, None):
+                pytest.fail("a second run got the checkout")
+        assert params_path.read_bytes() == applied, "the second run touched the first one's params"
+
+    assert params_path.read_bytes() == original
+    with checkout_lock(repo_copy):  # released: the next run gets it
+        pass
+
+
+def test_a_run_killed_while_a_profile_was_applied_is_repaired_by_the_next(repo_copy):
+    import subprocess
+    import sys
+
+    params_path = repo_copy / "params.yaml"
+    original = params_path.read_bytes()
+    killed = subprocess.run(  # applies the profile, then dies without cleaning up
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; from pathlib import Path; from tasks.params import applied_profile\n"
+            "with applied_profile(Path(sys.argv[1]), 'quick'):\n    os._exit(9)",
+            str(repo_copy),
+        ],
+        cwd=REPO_ROOT,
+    )
+    assert killed.returncode == 9
+    assert params_path.read_bytes() != original and (repo_copy / PARAMS_BACKUP).is_file()
+
+    with applied_profile(repo_copy, None) as params:  # the lock died with the process
+        assert params_path.read_bytes() == original
+        assert params == parse_yaml(original.decode())
+    assert not (repo_copy / PARAMS_BACKUP).exists()

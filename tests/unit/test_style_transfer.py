@@ -15,42 +15,43 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+import yaml
 from PIL import Image
 
-from tasks import images
-from tasks.backbones import BackboneError, load_backbone
+from tasks import images, storage
+from tasks.backbones import MIN_INPUT_SIZE, BackboneError, load_backbone
+from tasks.grid import label, varying_fields
 from tasks.params import ParamsError, load_params, parse_section
 from tasks.runtime import RuntimeParams
-from tasks.style_transfer import (
-    MIN_INPUT_SIZE,
-    AdamParams,
-    GridPoint,
-    LbfgsParams,
-    Progress,
-    SgdParams,
-    StyleTransferParams,
-    StyleTransferPaths,
+from tasks.steps import run_steps
+from tasks.style_transfer.data import fetch_images, resize_to_height
+from tasks.style_transfer.data import images as images_step
+from tasks.style_transfer.model import (
     check_sizes,
     content_loss,
-    descend,
-    fetch_images,
     gram_matrix,
-    grid_points,
-    keras_optimizer,
-    lbfgs,
     luminance,
     luminance_image,
     make_loss_and_grads,
-    resize_to_height,
     scale_heights,
     style_loss,
     style_target,
     stylize,
-    stylize_grid,
     total_variation_loss,
-    varying_fields,
     with_colors_of,
 )
+from tasks.style_transfer.optimizers import LossHistory, descend, keras_optimizer, lbfgs
+from tasks.style_transfer.params import (
+    MAX_HEIGHT,
+    MAX_PIXELS,
+    AdamParams,
+    GridPoint,
+    LbfgsParams,
+    SgdParams,
+    StyleTransferParams,
+    StyleTransferPaths,
+)
+from tasks.style_transfer.steps import SINGLE_POINT_LABEL, grid_points, stylize_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEIGHT = 48  # test images are 48 pixels high: china is 48 x 72, the starry night 48 x 103
@@ -362,7 +363,7 @@ def test_loss_falls_with_each_optimizer_on_a_photo(hed_backbone, content, style,
 @pytest.mark.parametrize("iterations", [1, 2, 6])
 def test_lbfgs_spends_exactly_its_budget_and_returns_the_best_image(hed_backbone, content, style, iterations):
     loss_and_grads = step_for(hed_backbone, content, style, point("lbfgs"))
-    progress = Progress(0, np.asarray)
+    progress = LossHistory(0, np.asarray)
     progress.records.append({"step": 1, "scale": 0, "loss": 0.0})  # an earlier scale's record
 
     best = lbfgs(loss_and_grads, tf.constant(content), iterations, 5, progress)
@@ -383,7 +384,7 @@ def half_square_step(pixels):
 def test_lbfgs_restarts_when_scipy_stops_early_and_ends_once_restarts_stop_improving():
     # A quadratic that SciPy solves, and declares converged, in a few evaluations.
     initial = tf.constant(np.random.default_rng(3).uniform(-5, 5, (4, 5, 3)), tf.float32)
-    progress = Progress(0, np.asarray)
+    progress = LossHistory(0, np.asarray)
 
     best = lbfgs(half_square_step, initial, 200, 5, progress)
 
@@ -395,7 +396,7 @@ def test_lbfgs_restarts_when_scipy_stops_early_and_ends_once_restarts_stop_impro
 def test_sgd_takes_the_books_exponentially_decaying_steps():
     initial = tf.constant(np.random.default_rng(7).uniform(-5, 5, (4, 5, 3)), tf.float32)
     sgd = SgdParams(learning_rate=0.1, decay_steps=1, decay_rate=0.5)
-    progress = Progress(0, np.asarray)
+    progress = LossHistory(0, np.asarray)
 
     result = descend(half_square_step, initial, 3, keras_optimizer("sgd", sgd, ADAM), progress)
 
@@ -414,7 +415,7 @@ def test_adam_first_step_moves_every_pixel_by_the_learning_rate():
         initial,
         1,
         keras_optimizer("adam", SGD, AdamParams(learning_rate=0.5)),
-        Progress(0, np.asarray),
+        LossHistory(0, np.asarray),
     )
 
     np.testing.assert_allclose(
@@ -425,7 +426,7 @@ def test_adam_first_step_moves_every_pixel_by_the_learning_rate():
 def test_the_step_is_traced_once_per_input_kind_not_per_evaluation(hed_backbone, content, style):
     loss_and_grads = step_for(hed_backbone, content, style, point("lbfgs"))
 
-    lbfgs(loss_and_grads, tf.constant(content), 4, 5, Progress(0, np.asarray))
+    lbfgs(loss_and_grads, tf.constant(content), 4, 5, LossHistory(0, np.asarray))
     traces_with_constants = loss_and_grads.experimental_get_tracing_count()
     for _ in range(2):
         descend(
@@ -433,7 +434,7 @@ def test_the_step_is_traced_once_per_input_kind_not_per_evaluation(hed_backbone,
             tf.constant(content),
             2,
             keras_optimizer("adam", SGD, ADAM),
-            Progress(0, np.asarray),
+            LossHistory(0, np.asarray),
         )
 
     assert traces_with_constants == 1
@@ -607,7 +608,7 @@ def test_varying_fields_and_labels_show_only_what_varies(repo_params):
     varying = varying_fields(points)
 
     assert varying == ["content_weight", "style_layers"]
-    labels = [p.label(varying) for p in points]
+    labels = [label(p, varying) for p in points]
     assert labels == [
         "content_weight=0.0001, style_layers=block1_conv1",
         "content_weight=0.0001, style_layers=block1_conv1+block2_conv1",
@@ -622,9 +623,9 @@ def test_a_single_point_is_labelled_with_its_weights_and_optimizer(repo_params):
     )
 
     assert varying_fields([only]) == []
-    label = only.label([])
+    only_label = label(only, varying_fields([only]) or SINGLE_POINT_LABEL)
     for text in ("content_weight=0.0001", "style_weight=2e-06", "total_variation_weight=0", "optimizer="):
-        assert text in label
+        assert text in only_label
 
 
 # --- Params ---------------------------------------------------------------------------------
@@ -678,6 +679,26 @@ def test_non_positive_height_is_named(section, height):
 
     assert "style_transfer.height" in message and repr(height) in message
 
+
+def test_a_height_too_large_for_memory_is_named_with_the_limit(section):
+    section["height"] = 100_000
+
+    message = parse_error(section)
+
+    assert "style_transfer.height" in message and "100000" in message
+    assert f"at most {MAX_HEIGHT} pixels" in message
+
+
+def test_the_images_step_refuses_a_huge_height_in_one_line_and_writes_nothing(tmp_path, repo_params, capsys):
+    params = copy.deepcopy(repo_params)
+    params["style_transfer"]["height"] = 100_000
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    exit_code = run_steps({"images": images_step}, "", ["images", "--root", str(tmp_path)])
+
+    (line,) = capsys.readouterr().err.splitlines()
+    assert exit_code == 2 and line.startswith("error: ") and "style_transfer.height" in line
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
 
 def test_an_empty_style_layers_entry_is_rejected(section):
     section["style_layers"] = [["block1_conv1"], []]
@@ -742,18 +763,44 @@ def step_params(repo_params: dict, **overrides) -> StyleTransferParams:
     return StyleTransferParams.model_validate(section)
 
 
+def fetch(paths: StyleTransferPaths, params: StyleTransferParams) -> None:
+    """fetch_images with the fields of a params section, as the images step calls it."""
+    fetch_images(paths, params.content_image, params.content_sha256, params.style_images, params.height)
+
+
+def stylize_params(paths: StyleTransferPaths, params: StyleTransferParams) -> list[dict]:
+    """stylize_grid with the fields of a params section, as the stylize step calls it (random weights)."""
+    return stylize_grid(
+        paths,
+        grid_points(params),
+        style_images=params.style_images,
+        backbone=params.backbone,
+        content_layer=params.content_layer,
+        iterations=params.iterations,
+        num_scales=params.num_scales,
+        scale_ratio=params.scale_ratio,
+        preserve_color=params.preserve_color,
+        snapshot_every=params.snapshot_every,
+        sgd=params.sgd,
+        adam=params.adam,
+        lbfgs=params.lbfgs,
+        runtime=RUNTIME,
+        weights="random",
+    )
+
+
 def test_fetch_images_stores_any_mode_as_rgb_at_the_shared_height(tmp_path, repo_params):
     rng = np.random.default_rng(6)
     grey = save_png(rng.integers(0, 256, (60, 90)), tmp_path / "grey.png", "L")
     rgba = save_png(rng.integers(0, 256, (80, 100, 4)), tmp_path / "rgba.png", "RGBA")
-    paths = StyleTransferPaths().under(tmp_path)
+    paths = storage.under(tmp_path, StyleTransferPaths())
     paths.inputs.mkdir(parents=True)
     (paths.inputs / "style_01.png").write_bytes(b"a style from an earlier run")
     params = step_params(
         repo_params, content_image=str(grey), style_images=[{"image": str(rgba), "weight": 1.0}], height=48
     )
 
-    fetch_images(paths, params)
+    fetch(paths, params)
 
     for path, size in [(paths.content, (72, 48)), (paths.style(0), (60, 48))]:  # (width, height)
         with Image.open(path) as stored:
@@ -766,19 +813,30 @@ def test_fetch_images_stores_any_mode_as_rgb_at_the_shared_height(tmp_path, repo
 def test_an_unreadable_image_fails_before_anything_is_written(tmp_path, repo_params):
     broken = tmp_path / "broken.jpg"
     broken.write_text("not an image\n")
-    paths = StyleTransferPaths().under(tmp_path)
+    paths = storage.under(tmp_path, StyleTransferPaths())
     params = step_params(repo_params, style_images=[{"image": str(broken), "weight": 1.0}])
 
     with pytest.raises(images.ImageError, match="broken.jpg"):
-        fetch_images(paths, params)
+        fetch(paths, params)
 
     assert not paths.inputs.exists()
 
 
+def test_an_image_too_wide_at_the_shared_height_fails_before_anything_is_written(tmp_path, repo_params):
+    panorama = save_png(np.random.default_rng(10).integers(0, 256, (10, 30, 3)), tmp_path / "wide.png", "RGB")
+    paths = storage.under(tmp_path, StyleTransferPaths())
+    params = step_params(repo_params, content_image=str(panorama), height=MAX_HEIGHT)
+
+    expected = rf"wide.png would be 6144x2048 pixels at style_transfer.height 2048, over the {MAX_PIXELS} pixels"
+    with pytest.raises(images.ImageError, match=expected):
+        fetch(paths, params)
+
+    assert not paths.inputs.exists()
+
 @pytest.fixture
 def step_paths(tmp_path, repo_params) -> StyleTransferPaths:
-    paths = StyleTransferPaths().under(tmp_path)
-    fetch_images(paths, step_params(repo_params))
+    paths = storage.under(tmp_path, StyleTransferPaths())
+    fetch(paths, step_params(repo_params))
     return paths
 
 
@@ -793,7 +851,7 @@ def test_stylize_grid_writes_images_losses_snapshots_and_metrics(step_paths, rep
         content_size = stored.size
     assert content_size == (60, 40)
 
-    results = stylize_grid(step_paths, params, RUNTIME, weights="random")
+    results = stylize_params(step_paths, params)
 
     summary = json.loads((step_paths.results / "results.json").read_text())
     assert summary["settings"] == {
@@ -804,14 +862,14 @@ def test_stylize_grid_writes_images_losses_snapshots_and_metrics(step_paths, rep
         "preserve_color": False,
     }
     assert json.loads(json.dumps(results)) == summary["points"]  # tuples come back as lists
-    assert [entry["folder"] for entry in results] == ["point_00", "point_01"]
-    assert [entry["name"] for entry in results] == ["optimizer=adam", "optimizer=lbfgs"]
+    assert [entry["name"] for entry in results] == ["point_00", "point_01"]
+    assert [entry["label"] for entry in results] == ["optimizer=adam", "optimizer=lbfgs"]
     with Image.open(step_paths.results / "grid.png") as grid:
         assert grid.format == "PNG" and grid.mode == "RGB"
     metrics = json.loads(step_paths.metrics.read_text())
     assert list(metrics) == ["point_00", "point_01"]
     for entry in results:
-        folder = step_paths.results / entry["folder"]
+        folder = step_paths.results / entry["name"]
         with Image.open(folder / "final.png") as final:
             final.verify()
         with Image.open(folder / "final.png") as final:
@@ -825,11 +883,12 @@ def test_stylize_grid_writes_images_losses_snapshots_and_metrics(step_paths, rep
         assert set(rows[0]) == {"step", "scale", "loss", "content_loss", "style_loss", "total_variation_loss"}
         assert all(math.isfinite(row["loss"]) for row in rows)
         assert entry["steps"] == 4
-        final_loss = metrics[entry["folder"]]["final_loss"]  # of the image saved, after the last step
-        assert entry["best_loss"] == pytest.approx(min([row["loss"] for row in rows] + [final_loss]))
+        final_loss = metrics[entry["name"]]["final_loss"]  # of the image saved, after the last step
+        best_loss = entry["metrics"]["best_loss"]
+        assert best_loss == pytest.approx(min([row["loss"] for row in rows] + [final_loss]))
         if entry["point"]["optimizer"] == "lbfgs":  # returns the best image it evaluated
             assert final_loss == pytest.approx(min(row["loss"] for row in rows), rel=1e-5)
-        assert metrics[entry["folder"]]["best_loss"] == pytest.approx(entry["best_loss"])
+        assert metrics[entry["name"]]["best_loss"] == pytest.approx(entry["metrics"]["best_loss"])
     assert [p.name for p in step_paths.results.parent.iterdir() if p.name.startswith(".")] == []
 
 
@@ -848,7 +907,7 @@ def test_an_unknown_style_layer_fails_listing_valid_layers_and_keeps_the_previou
     params = step_params(repo_params, style_layers=[["block1_conv1"], ["block2_conv1", "block9_conv9"]])
 
     with pytest.raises(BackboneError, match="'block9_conv9'") as error:
-        stylize_grid(step_paths, params, RUNTIME, weights="random")
+        stylize_params(step_paths, params)
 
     assert "block5_conv3" in str(error.value)  # the valid layers are listed
     assert {path: path.read_bytes() for path in previous} == previous
@@ -868,7 +927,7 @@ def test_a_style_image_too_narrow_for_the_backbone_is_named_before_anything_runs
     that points at the style image, before anything is written, or stylise with finite losses;
     not a TensorFlow error from inside a pooling layer."""
     narrow = save_png(np.random.default_rng(9).integers(0, 256, (96, 33, 3)), tmp_path / "scroll.png", "RGB")
-    paths = StyleTransferPaths().under(tmp_path)
+    paths = storage.under(tmp_path, StyleTransferPaths())
     params = step_params(
         repo_params,
         style_images=[{"image": str(narrow), "weight": 1.0}],
@@ -877,12 +936,12 @@ def test_a_style_image_too_narrow_for_the_backbone_is_named_before_anything_runs
         optimizer=["adam"],
         iterations=1,
     )
-    fetch_images(paths, params)
+    fetch(paths, params)
     with Image.open(paths.style(0)) as stored:
         assert stored.size == (11, 32)
 
     with pytest.raises(
         images.ImageError, match=r"style image 0 .* would be 11x32 pixels at the coarsest scale"
     ):
-        stylize_grid(paths, params, RUNTIME, weights="random")
+        stylize_params(paths, params)
     assert not paths.results.exists() and not paths.metrics.exists()

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tasks import text
+from tasks.text.char_lstm.model import build_char_lstm, generate_text, make_generator
+from tasks.text.corpus import TextError, Vocabulary, build_vocabulary
+from tasks.text.sampling import entropy_bits, reweight_distribution, reweighted_log_probs
 
 TEXT = "the will to power is the will to life. what is good? all that heightens power."
 
@@ -40,7 +42,7 @@ def as_numpy(tensor) -> np.ndarray:
 def test_reweight_distribution_matches_the_book(temperature):
     probs = np.random.default_rng(0).dirichlet(np.ones(12), size=5)  # (5, 12), no zeros
 
-    reweighted = as_numpy(text.reweight_distribution(probs, temperature))
+    reweighted = as_numpy(reweight_distribution(probs, temperature))
 
     np.testing.assert_allclose(
         reweighted, book_reweight_distribution(probs, temperature), rtol=2e-5, atol=1e-7
@@ -51,14 +53,14 @@ def test_reweight_distribution_matches_the_book(temperature):
 def test_reweight_distribution_at_temperature_one_is_the_identity():
     probs = np.random.default_rng(1).dirichlet(np.ones(8), size=3)
 
-    np.testing.assert_allclose(as_numpy(text.reweight_distribution(probs, 1.0)), probs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(as_numpy(reweight_distribution(probs, 1.0)), probs, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("temperature", [1e-6, 0.2, 1.0, 3.0, 1e6])
 def test_reweight_distribution_keeps_zero_probabilities_at_zero(temperature):
     probs = np.array([0.5, 0.0, 0.3, 0.0, 0.2])
 
-    reweighted = as_numpy(text.reweight_distribution(probs, temperature))
+    reweighted = as_numpy(reweight_distribution(probs, temperature))
 
     assert not np.isnan(reweighted).any()
     assert reweighted[1] == 0.0 and reweighted[3] == 0.0
@@ -69,14 +71,14 @@ def test_reweight_distribution_near_zero_temperature_is_one_hot_at_the_argmax():
     probs = np.random.default_rng(2).dirichlet(np.ones(10), size=4)
     one_hot = np.eye(10)[np.argmax(probs, axis=-1)]
 
-    np.testing.assert_allclose(as_numpy(text.reweight_distribution(probs, 1e-6)), one_hot, atol=1e-6)
+    np.testing.assert_allclose(as_numpy(reweight_distribution(probs, 1e-6)), one_hot, atol=1e-6)
 
 
 def test_reweight_distribution_at_huge_temperature_is_uniform_over_possible_characters():
     probs = np.array([0.7, 0.0, 0.2, 0.1, 0.0])
     possible = probs > 0
 
-    reweighted = as_numpy(text.reweight_distribution(probs, 1e6))
+    reweighted = as_numpy(reweight_distribution(probs, 1e6))
 
     np.testing.assert_allclose(reweighted[possible], 1 / possible.sum(), atol=1e-5)
     assert (reweighted[~possible] == 0.0).all()
@@ -84,9 +86,9 @@ def test_reweight_distribution_at_huge_temperature_is_uniform_over_possible_char
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0, math.nan, math.inf])
 def test_reweight_distribution_rejects_bad_temperatures(temperature):
-    assert issubclass(text.TextError, ValueError)
-    with pytest.raises(text.TextError, match="temperature") as error:
-        text.reweight_distribution(np.array([0.5, 0.5]), temperature)
+    assert issubclass(TextError, ValueError)
+    with pytest.raises(TextError, match="temperature") as error:
+        reweight_distribution(np.array([0.5, 0.5]), temperature)
     assert str(temperature) in str(error.value)
 
 
@@ -97,19 +99,19 @@ def test_reweight_distribution_rejects_bad_temperatures(temperature):
 def test_entropy_of_uniform_distribution_is_log2_of_outcomes(num_outcomes):
     log_probs = np.full(num_outcomes, -np.log(num_outcomes))
 
-    assert float(as_numpy(text.entropy_bits(log_probs))) == pytest.approx(math.log2(num_outcomes), abs=1e-6)
+    assert float(as_numpy(entropy_bits(log_probs))) == pytest.approx(math.log2(num_outcomes), abs=1e-6)
 
 
 def test_entropy_of_one_hot_distribution_is_zero():
     log_probs = np.array([-np.inf, 0.0, -np.inf])
 
-    assert float(as_numpy(text.entropy_bits(log_probs))) == 0.0
+    assert float(as_numpy(entropy_bits(log_probs))) == 0.0
 
 
 def test_entropy_with_zero_probabilities_matches_numpy():
     probs = np.array([[0.5, 0.0, 0.25, 0.25], [0.0, 0.0, 1.0, 0.0], [0.1, 0.2, 0.3, 0.4]])
 
-    entropies = as_numpy(text.entropy_bits(text.reweighted_log_probs(probs, 1.0)))
+    entropies = as_numpy(entropy_bits(reweighted_log_probs(probs, 1.0)))
 
     assert not np.isnan(entropies).any()
     np.testing.assert_allclose(entropies, entropy_bits_reference(probs), atol=1e-5)
@@ -119,13 +121,13 @@ def test_entropy_with_zero_probabilities_matches_numpy():
 
 
 @pytest.fixture(scope="module")
-def vocabulary() -> text.Vocabulary:
-    return text.build_vocabulary(TEXT)
+def vocabulary() -> Vocabulary:
+    return build_vocabulary(TEXT)
 
 
 def random_model(vocab_size: int, num_layers: int = 1, embedding_dim: int = 0, seed: int = 0) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    return text.build_char_lstm(vocab_size, units=16, num_layers=num_layers, embedding_dim=embedding_dim)
+    return build_char_lstm(vocab_size, units=16, num_layers=num_layers, embedding_dim=embedding_dim)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,7 @@ def test_sampler_distributions_equal_the_model_on_the_whole_prefix(vocabulary, n
     seed_ids = np.random.default_rng(3).integers(0, vocabulary.size, size=(len(temperatures), 7))
     num_chars = 12
 
-    ids, distributions, _ = run(text.make_generator(model), seed_ids, temperatures, num_chars)
+    ids, distributions, _ = run(make_generator(model), seed_ids, temperatures, num_chars)
 
     assert ids.shape == (len(temperatures), num_chars)
     assert distributions.shape == (len(temperatures), num_chars, vocabulary.size)
@@ -186,7 +188,7 @@ def test_each_row_samples_from_the_distribution_reweighted_at_its_own_temperatur
     seed_ids = np.zeros((len(temperatures), 1), np.int32)
 
     ids, _, entropies = run(
-        text.make_generator(fixed_distribution_model(probs)), seed_ids, temperatures, num_chars
+        make_generator(fixed_distribution_model(probs)), seed_ids, temperatures, num_chars
     )
 
     for row, temperature in enumerate(temperatures):
@@ -199,10 +201,10 @@ def test_each_row_samples_from_the_distribution_reweighted_at_its_own_temperatur
 
 
 def test_mean_entropy_increases_with_temperature(vocabulary, peaked_model):
-    generate = text.make_generator(peaked_model)
+    generate = make_generator(peaked_model)
     temperatures = [0.2, 0.5, 1.0, 1.2]
 
-    generated = text.generate_text(generate, vocabulary, "what is good? ", temperatures, 60, rng_seed=7)
+    generated = generate_text(generate, vocabulary, "what is good? ", temperatures, 60, rng_seed=7)
 
     assert [sample.temperature for sample in generated] == temperatures
     entropies = [sample.entropy_bits for sample in generated]
@@ -229,8 +231,8 @@ def test_near_zero_temperature_decodes_greedily(vocabulary, peaked_model):
     # At T=0.01 a runner-up this far behind has probability below exp(-gap / 0.01) = exp(-10).
     assert smallest_gap > 0.1, "the test model is too flat to have a unique greedy path"
 
-    greedy, free = text.generate_text(
-        text.make_generator(peaked_model), vocabulary, seed_text, [0.01, 1.0], num_chars, rng_seed=1
+    greedy, free = generate_text(
+        make_generator(peaked_model), vocabulary, seed_text, [0.01, 1.0], num_chars, rng_seed=1
     )
 
     assert greedy.text == vocabulary.decode(expected)
@@ -239,35 +241,35 @@ def test_near_zero_temperature_decodes_greedily(vocabulary, peaked_model):
 
 @pytest.fixture(scope="module")
 def generate(vocabulary):
-    return text.make_generator(random_model(vocabulary.size, seed=6))
+    return make_generator(random_model(vocabulary.size, seed=6))
 
 
 def test_same_rng_seed_gives_the_same_text(vocabulary, generate):
-    first = text.generate_text(generate, vocabulary, "what is ", [1.0, 0.5], 40, rng_seed=11)
-    second = text.generate_text(generate, vocabulary, "what is ", [1.0, 0.5], 40, rng_seed=11)
+    first = generate_text(generate, vocabulary, "what is ", [1.0, 0.5], 40, rng_seed=11)
+    second = generate_text(generate, vocabulary, "what is ", [1.0, 0.5], 40, rng_seed=11)
 
     assert [sample.text for sample in first] == [sample.text for sample in second]
     assert all(len(sample.text) == 40 for sample in first)
 
 
 def test_different_rng_seeds_give_different_text(vocabulary, generate):
-    (first,) = text.generate_text(generate, vocabulary, "what is ", [1.0], 40, rng_seed=11)
-    (second,) = text.generate_text(generate, vocabulary, "what is ", [1.0], 40, rng_seed=12)
+    (first,) = generate_text(generate, vocabulary, "what is ", [1.0], 40, rng_seed=11)
+    (second,) = generate_text(generate, vocabulary, "what is ", [1.0], 40, rng_seed=12)
 
     assert first.text != second.text
 
 
 def test_generate_text_rejects_seed_characters_outside_the_vocabulary(vocabulary, generate):
-    with pytest.raises(text.TextError, match="outside the corpus vocabulary") as error:
-        text.generate_text(generate, vocabulary, "the #will@", [1.0], 5)
+    with pytest.raises(TextError, match="outside the corpus vocabulary") as error:
+        generate_text(generate, vocabulary, "the #will@", [1.0], 5)
     assert "#@" in str(error.value)
 
 
 def test_generate_text_rejects_an_empty_seed(vocabulary, generate):
-    with pytest.raises(text.TextError, match="empty"):
-        text.generate_text(generate, vocabulary, "", [1.0], 5)
+    with pytest.raises(TextError, match="empty"):
+        generate_text(generate, vocabulary, "", [1.0], 5)
 
 
 def test_generate_text_rejects_bad_temperatures(vocabulary, generate):
-    with pytest.raises(text.TextError, match="-0.5"):
-        text.generate_text(generate, vocabulary, "the ", [1.0, -0.5], 5)
+    with pytest.raises(TextError, match="-0.5"):
+        generate_text(generate, vocabulary, "the ", [1.0, -0.5], 5)

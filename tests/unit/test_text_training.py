@@ -14,8 +14,15 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from tasks import text
 from tasks.runtime import RuntimeParams, choose_strategy, configure_runtime
+from tasks.storage import under
+from tasks.text.char_lstm import steps
+from tasks.text.char_lstm.data import prepare_corpus
+from tasks.text.char_lstm.model import build_char_lstm, compile_model, make_generator, restore_last_good_epoch
+from tasks.text.char_lstm.params import TextPaths
+from tasks.text.char_lstm.steps import sample_texts, train_char_lstm
+from tasks.text.corpus import TextError, num_sequences
+from tasks.training import NanGuard, read_history, save_model_atomically
 
 RUNTIME = RuntimeParams(
     seed=1, dtype_policy="float32", jit_compile=False, memory_growth=True, distribute="auto"
@@ -23,18 +30,18 @@ RUNTIME = RuntimeParams(
 MAXLEN, STEP, BATCH_SIZE = 10, 2, 32
 
 
-def prepare_tiny(root: Path, corpus: Path, max_chars: int = 0) -> text.TextPaths:
-    paths = text.TextPaths().under(root)
+def prepare_tiny(root: Path, corpus: Path, max_chars: int = 0) -> TextPaths:
+    paths = under(root, TextPaths())
     paths.corpus.parent.mkdir(parents=True)
     shutil.copy(corpus, paths.corpus)
-    text.prepare(paths, MAXLEN, validation_split=0.1, max_chars=max_chars)
+    prepare_corpus(paths, MAXLEN, validation_split=0.1, max_chars=max_chars)
     return paths
 
 
 def train_tiny(
-    paths: text.TextPaths, epochs: int, temperatures: list[float], epoch_sample_chars: int = 20
+    paths: TextPaths, epochs: int, temperatures: list[float], epoch_sample_chars: int = 20
 ) -> dict:
-    return text.train(
+    return train_char_lstm(
         paths,
         MAXLEN,
         STEP,
@@ -73,7 +80,7 @@ def test_train_smoke(tmp_path, tiny_corpus):
 
     metrics = train_tiny(paths, epochs, temperatures)
 
-    history = text.read_history(paths.history)
+    history = read_history(paths.history)
     assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
     assert history[-1]["loss"] < history[0]["loss"]
     assert history[0]["bits_per_char"] == pytest.approx(history[0]["loss"] / math.log(2), rel=1e-5)
@@ -112,27 +119,27 @@ def compile_to_diverge_at(divergence_step: int):
     return compile_model
 
 
-def steps_per_epoch(paths: text.TextPaths) -> int:
+def steps_per_epoch(paths: TextPaths) -> int:
     num_train_chars = len(np.load(paths.prepared / "train_ids.npy"))
-    return math.ceil(text.num_sequences(num_train_chars, MAXLEN, STEP) / BATCH_SIZE)
+    return math.ceil(num_sequences(num_train_chars, MAXLEN, STEP) / BATCH_SIZE)
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_epoch(tmp_path, tiny_corpus, monkeypatch):
     paths = prepare_tiny(tmp_path, tiny_corpus)
     monkeypatch.setattr(
-        text, "compile_model", compile_to_diverge_at(steps_per_epoch(paths) + 3)
+        steps, "compile_model", compile_to_diverge_at(steps_per_epoch(paths) + 3)
     )  # in epoch 2
-    checkpoints, save_model = [], text.save_model_atomically
+    checkpoints, save_model = [], steps.save_model_atomically
 
     def save_and_remember(model, path):
         checkpoints.append([weight.copy() for weight in model.get_weights()])
         save_model(model, path)
 
-    monkeypatch.setattr(text, "save_model_atomically", save_and_remember)
+    monkeypatch.setattr(steps, "save_model_atomically", save_and_remember)
 
     metrics = train_tiny(paths, epochs=4, temperatures=[1.0])
 
-    history = text.read_history(paths.history)
+    history = read_history(paths.history)
     assert len(history) == 2, "training did not stop in the epoch that diverged"
     assert math.isfinite(history[0]["loss"]) and math.isnan(history[1]["loss"])
     assert metrics["diverged"] == 1 and metrics["epochs_completed"] == 1 and metrics["best_epoch"] == 1
@@ -146,15 +153,17 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_epoch(tmp_path, tiny_co
     assert [record["epoch"] for record in records] == [1]
 
 
-def test_stop_on_nan_restores_the_last_good_weights_in_memory(tmp_path):
+def test_nan_guard_and_restore_keep_the_last_good_weights_in_memory(tmp_path):
     vocab_size, batch_size, num_batches = 6, 4, 3
     keras.utils.set_random_seed(3)
-    model = text.build_char_lstm(vocab_size, units=8)
+    model = build_char_lstm(vocab_size, units=8)
     compile_to_diverge_at(num_batches + 1)(model, learning_rate=0.01, clipnorm=0.0, jit_compile=False)
     x, y = one_batch(vocab_size, batch_size * num_batches)
-    guard = text.StopOnNaN(tmp_path / "model.keras")
+    checkpoint = tmp_path / "model.keras"
+    guard = NanGuard(lambda epoch: save_model_atomically(model, checkpoint))
 
     history = model.fit(x, y, batch_size=batch_size, epochs=3, callbacks=[guard], shuffle=False, verbose=0)
+    restore_last_good_epoch(model, guard, checkpoint)
 
     assert math.isnan(history.history["loss"][1]), "the test loss did not diverge in epoch 2"
     assert (guard.last_good_epoch, guard.diverged_at_epoch) == (1, 2)
@@ -168,9 +177,9 @@ def test_stop_on_nan_restores_the_last_good_weights_in_memory(tmp_path):
 
 def test_nan_loss_in_the_first_epoch_is_an_error_naming_the_fix(tmp_path, tiny_corpus, monkeypatch):
     paths = prepare_tiny(tmp_path, tiny_corpus)
-    monkeypatch.setattr(text, "compile_model", compile_to_diverge_at(2))
+    monkeypatch.setattr(steps, "compile_model", compile_to_diverge_at(2))
 
-    with pytest.raises(text.TextError, match="epoch 1") as error:
+    with pytest.raises(TextError, match="epoch 1") as error:
         train_tiny(paths, epochs=2, temperatures=[1.0])
 
     assert "learning_rate" in str(error.value) and "clipnorm" in str(error.value)
@@ -181,7 +190,7 @@ def test_nan_loss_in_the_first_epoch_is_an_error_naming_the_fix(tmp_path, tiny_c
 
 
 @pytest.fixture(scope="module")
-def trained_paths(tmp_path_factory, nietzsche_path) -> text.TextPaths:
+def trained_paths(tmp_path_factory, nietzsche_path) -> TextPaths:
     """Prepared from the first 4,000 characters of the real corpus and trained for 3 epochs."""
     paths = prepare_tiny(tmp_path_factory.mktemp("trained"), nietzsche_path, max_chars=4000)
     train_tiny(paths, epochs=3, temperatures=[], epoch_sample_chars=0)
@@ -191,7 +200,7 @@ def trained_paths(tmp_path_factory, nietzsche_path) -> text.TextPaths:
 def test_sample_writes_one_text_per_temperature(trained_paths):
     temperatures, num_chars = [0.2, 0.5, 1.0, 1.2], 120
 
-    results = text.sample(
+    results = sample_texts(
         trained_paths, temperatures, num_chars, seed_text="", maxlen=MAXLEN, runtime=RUNTIME
     )
 
@@ -212,7 +221,7 @@ def test_sample_writes_one_text_per_temperature(trained_paths):
 
 
 def test_sample_lower_cases_the_seed_text(trained_paths):
-    (result,) = text.sample(trained_paths, [1.0], 5, seed_text="The ", maxlen=MAXLEN, runtime=RUNTIME)
+    (result,) = sample_texts(trained_paths, [1.0], 5, seed_text="The ", maxlen=MAXLEN, runtime=RUNTIME)
 
     assert result["seed"] == "the "
 
@@ -222,8 +231,8 @@ def test_sample_rejects_seed_characters_outside_the_vocabulary_before_loading_th
 ):
     paths = prepare_tiny(tmp_path, tiny_corpus)  # no model: loading it would fail differently
 
-    with pytest.raises(text.TextError, match="outside the corpus vocabulary") as error:
-        text.sample(paths, [1.0], 10, seed_text="the #will", maxlen=MAXLEN, runtime=RUNTIME)
+    with pytest.raises(TextError, match="outside the corpus vocabulary") as error:
+        sample_texts(paths, [1.0], 10, seed_text="the #will", maxlen=MAXLEN, runtime=RUNTIME)
 
     assert "'#'" in str(error.value)
     assert not paths.samples.exists()
@@ -239,7 +248,7 @@ def restore_float32_policy():
 
 
 def generate_chars(model: keras.Model, seed_ids: np.ndarray, num_chars: int, jit_compile: bool = False):
-    generate = text.make_generator(model, jit_compile)
+    generate = make_generator(model, jit_compile)
     ids, distributions, entropies = generate(
         tf.constant(seed_ids), tf.constant([0.5, 1.0]), tf.constant(num_chars), tf.constant([0, 0])
     )
@@ -251,8 +260,8 @@ def test_mixed_precision_model_trains_and_samples_on_cpu(restore_float32_policy)
     configure_runtime(1, dtype_policy="mixed_float16")
     assert keras.mixed_precision.global_policy().name == "mixed_float16"
 
-    model = text.build_char_lstm(vocab_size, units=16)
-    text.compile_model(model, learning_rate=0.01, clipnorm=1.0, jit_compile=False)
+    model = build_char_lstm(vocab_size, units=16)
+    compile_model(model, learning_rate=0.01, clipnorm=1.0, jit_compile=False)
     x, y = one_batch(vocab_size)
     loss = model.train_on_batch(x, y)
 
@@ -284,7 +293,7 @@ def test_configure_runtime_seeds_everything():
         return (
             np.random.rand(),
             float(keras.random.uniform(())),
-            text.build_char_lstm(5, units=8).get_weights(),
+            build_char_lstm(5, units=8).get_weights(),
         )
 
     configure_runtime(7)
@@ -300,8 +309,8 @@ def test_configure_runtime_seeds_everything():
 def test_xla_compiled_training_and_sampling_on_cpu():
     vocab_size = 12
     keras.utils.set_random_seed(2)
-    model = text.build_char_lstm(vocab_size, units=8)
-    text.compile_model(model, learning_rate=0.01, clipnorm=0.0, jit_compile=True)
+    model = build_char_lstm(vocab_size, units=8)
+    compile_model(model, learning_rate=0.01, clipnorm=0.0, jit_compile=True)
     x, y = one_batch(vocab_size)
 
     assert math.isfinite(float(model.train_on_batch(x, y)))

@@ -20,50 +20,50 @@ import tensorflow as tf
 from keras import ops
 from PIL import Image
 
-from tasks import data, datasets, vae
-from tasks.datasets import DatasetError
-from tasks.params import ParamsError, dump_yaml, load_params, parse_section
-from tasks.runtime import RuntimeParams
-from tasks.vae import (
+from tasks import grid, image_data, storage
+from tasks.image_data import (
     CLASS_NAMES,
-    ConceptParams,
-    GridPoint,
-    LatentAxes,
-    Sampler,
+    DatasetError,
     Split,
-    VaeDataParams,
-    VaeError,
-    VaeModelParams,
-    VaeParams,
-    VaePaths,
-    VaeSampleParams,
-    VaeTrainParams,
-    build_decoder,
-    check_known_concepts,
-    class_examples,
-    concept_vector,
     conform,
-    grid_latents,
-    grid_points,
-    interpolate,
-    kl_divergence,
-    latent_axes,
-    latent_grid,
+    load_keras_dataset,
     load_split,
-    mosaic,
-    nearest_mean_share,
-    prepare_data,
+    prepare_image_data,
     read_folder,
-    read_history,
-    reconstruction_loss,
-    sample_grid,
-    sample_point,
     save_split,
     split_folder,
-    train_grid,
-    train_point,
-    varying_fields,
 )
+from tasks.images import mosaic
+from tasks.params import ParamsError, dump_yaml, load_params, parse_section
+from tasks.runtime import RuntimeParams
+from tasks.steps import run_steps
+from tasks.training import read_history
+from tasks.vae import data as vae_data
+from tasks.vae import model as vae_model
+from tasks.vae import steps as vae_steps
+from tasks.vae.latent import (
+    LatentAxes,
+    class_examples,
+    concept_vector,
+    decode,
+    encode,
+    grid_latents,
+    interpolate,
+    latent_axes,
+    latent_grid,
+    nearest_mean_share,
+)
+from tasks.vae.model import (
+    LOSS_TERMS,
+    GridPoint,
+    Sampler,
+    build_decoder,
+    kl_divergence,
+    reconstruction_loss,
+    train_point,
+)
+from tasks.vae.params import ConceptParams, VaeDataParams, VaeParams, VaePaths, VaeSampleParams
+from tasks.vae.steps import VaeError, sample_point, sample_points, train_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = RuntimeParams(
@@ -87,11 +87,11 @@ SAMPLE = VaeSampleParams(
 # --- Helpers and shared fixtures ------------------------------------------------------------------
 
 
-def recording_vae(made: list, eager_flags: list, poison_from_step: int | None = None) -> type[vae.VAE]:
+def recording_vae(made: list, eager_flags: list, poison_from_step: int | None = None) -> type[vae_model.VAE]:
     """A VAE subclass that remembers its instances and whether its loss was computed eagerly; with
     `poison_from_step`, every loss (and so every gradient and weight) turns NaN from that step on."""
 
-    class RecordingVAE(vae.VAE):
+    class RecordingVAE(vae_model.VAE):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             made.append(self)
@@ -122,7 +122,7 @@ def write_data(paths: VaePaths, train: Split, test: Split, class_names: list[str
     """What the data step leaves for the train and sample steps."""
     save_split(train, paths.data / "train.npz")
     save_split(test, paths.data / "test.npz")
-    data.write_json(
+    storage.write_json(
         paths.data / "classes.json",
         {
             "dataset": "fashion_mnist",
@@ -145,7 +145,7 @@ def png_size(path: Path) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def fashion() -> tuple[Split, Split]:
     """Fashion-MNIST from the Keras cache copy (there is no network in tests)."""
-    return vae.load_keras_dataset("fashion_mnist", "vae")
+    return load_keras_dataset("fashion_mnist", "vae")
 
 
 @pytest.fixture(scope="module")
@@ -285,16 +285,19 @@ def test_reconstruction_loss_for_one_channel_is_the_keras_examples():
 def beta_grid(tmp_path_factory, fashion):
     """A grid of two VAEs (beta 1 and beta 0) trained for 3 epochs on 2,048 train / 512 test images."""
     train, test = fashion
-    paths = VaePaths().under(tmp_path_factory.mktemp("beta_grid"))
+    paths = storage.under(tmp_path_factory.mktemp("beta_grid"), VaePaths())
     write_data(paths, subset(train, 2048), subset(test, 512), CLASS_NAMES["fashion_mnist"])
     made, eager_flags = [], []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vae, "VAE", recording_vae(made, eager_flags))
+        patch.setattr(vae_model, "VAE", recording_vae(made, eager_flags))
         results = train_grid(
             paths,
-            VaeModelParams(latent_dim=[2]),
-            VaeTrainParams(beta=[1.0, 0.0], epochs=3, batch_size=128, learning_rate=3e-3),
-            RUNTIME,
+            latent_dims=[2],
+            betas=[1.0, 0.0],
+            epochs=3,
+            batch_size=128,
+            learning_rate=3e-3,
+            runtime=RUNTIME,
         )
     return {"paths": paths, "results": results, "models": made, "eager_flags": eager_flags}
 
@@ -320,7 +323,7 @@ def test_training_losses_fall_and_total_is_reconstruction_plus_beta_kl(beta_grid
                     row[f"{prefix}reconstruction_loss"] + beta * row[f"{prefix}kl_loss"], rel=1e-5
                 )
         assert (metrics["epochs_completed"], metrics["diverged_at_epoch"]) == (3, 0)
-        for term in vae.LOSS_TERMS:
+        for term in LOSS_TERMS:
             assert metrics[f"train_{term}"] == history[-1][term]
             assert metrics[f"test_{term}"] == history[-1][f"val_{term}"]
         assert metrics["seconds"] > 0 and metrics["seconds_per_epoch"] > 0
@@ -340,12 +343,12 @@ def test_trained_encoder_and_decoder_load_back_and_decode_to_images(beta_grid):
 
     z_mean, z_log_var = encoder.predict(test.images[:16].astype(np.float32) / 255.0, verbose=0)
     assert z_mean.shape == z_log_var.shape == (16, 2)
-    decoded = vae.decode(decoder, np.random.default_rng(0).normal(size=(5, 2)))
+    decoded = decode(decoder, np.random.default_rng(0).normal(size=(5, 2)))
     assert decoded.shape == (5, TILE, TILE, 1) and decoded.dtype == np.float32
     assert decoded.min() >= 0.0 and decoded.max() <= 1.0
     # The saved models are the trained ones: they reconstruct test images better than an untrained decoder.
-    trained = vae.decode(decoder, z_mean)
-    untrained = vae.decode(build_decoder((TILE, TILE, 1), 2), z_mean)
+    trained = decode(decoder, z_mean)
+    untrained = decode(build_decoder((TILE, TILE, 1), 2), z_mean)
     originals = test.images[:16].astype(np.float32) / 255.0
     assert np.mean((trained - originals) ** 2) < np.mean((untrained - originals) ** 2)
 
@@ -374,7 +377,7 @@ def test_mixed_precision_and_a_mirrored_strategy_train_on_cpu(tmp_path, fashion,
     )
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vae, "VAE", recording_vae(made, eager_flags))
+        patch.setattr(vae_model, "VAE", recording_vae(made, eager_flags))
         metrics = train_point(
             GridPoint(2, 1.0),
             subset(train, 256),
@@ -393,10 +396,10 @@ def test_mixed_precision_and_a_mirrored_strategy_train_on_cpu(tmp_path, fashion,
     assert model.encoder.layers[1].compute_dtype == "float16"
     assert (metrics["epochs_completed"], metrics["diverged_at_epoch"]) == (1, 0)
     assert all(
-        math.isfinite(metrics[f"{split}_{term}"]) for split in ("train", "test") for term in vae.LOSS_TERMS
+        math.isfinite(metrics[f"{split}_{term}"]) for split in ("train", "test") for term in LOSS_TERMS
     )
     decoder = keras.models.load_model(tmp_path / "models" / "decoder.keras")
-    decoded = vae.decode(decoder, np.zeros((2, 2)))
+    decoded = decode(decoder, np.zeros((2, 2)))
     assert decoded.dtype == np.float32 and np.isfinite(decoded).all()
 
 
@@ -412,15 +415,15 @@ def diverged_run(tmp_path_factory, fashion):
     root = tmp_path_factory.mktemp("diverged")
     made, eager_flags, saves = [], [], []
     divergence_step = NAN_STEPS_PER_EPOCH + 2
-    save_model = vae.save_model_atomically
+    save_model = vae_model.save_model_atomically
 
     def save_and_remember(model, path):
         saves.append((path.name, [weight.copy() for weight in model.get_weights()]))
         save_model(model, path)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vae, "VAE", recording_vae(made, eager_flags, poison_from_step=divergence_step))
-        patch.setattr(vae, "save_model_atomically", save_and_remember)
+        patch.setattr(vae_model, "VAE", recording_vae(made, eager_flags, poison_from_step=divergence_step))
+        patch.setattr(vae_model, "save_model_atomically", save_and_remember)
         metrics = train_point(
             GridPoint(2, 1.0),
             subset(train, 32 * NAN_STEPS_PER_EPOCH),
@@ -449,7 +452,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_epoch(diverged_run):
     assert all(math.isfinite(value) for value in history[0].values())
     assert math.isnan(history[1]["total_loss"])
     assert (metrics["diverged_at_epoch"], metrics["epochs_completed"]) == (2, 1)
-    for term in vae.LOSS_TERMS:  # the metrics are those of the kept epoch
+    for term in LOSS_TERMS:  # the metrics are those of the kept epoch
         assert metrics[f"train_{term}"] == history[0][term]
         assert metrics[f"test_{term}"] == history[0][f"val_{term}"]
     assert [name for name, _ in saves] == ["encoder.keras", "decoder.keras"], "saved after epoch 1 only"
@@ -472,23 +475,20 @@ def test_a_grid_whose_only_point_diverges_in_epoch_1_keeps_no_model_and_samples_
     tmp_path, fashion, caplog
 ):
     train, test = fashion
-    paths = VaePaths().under(tmp_path)
+    paths = storage.under(tmp_path, VaePaths())
     write_data(paths, subset(train, 64), subset(test, 32), CLASS_NAMES["fashion_mnist"])
 
     with pytest.MonkeyPatch.context() as patch, caplog.at_level(logging.WARNING, logger="tasks.vae"):
-        patch.setattr(vae, "VAE", recording_vae([], [], poison_from_step=1))
+        patch.setattr(vae_model, "VAE", recording_vae([], [], poison_from_step=1))
         (result,) = train_grid(
-            paths,
-            VaeModelParams(latent_dim=[2]),
-            VaeTrainParams(beta=[1.0], epochs=3, batch_size=32, learning_rate=1e-3),
-            RUNTIME,
+            paths, latent_dims=[2], betas=[1.0], epochs=3, batch_size=32, learning_rate=1e-3, runtime=RUNTIME
         )
-        samples = sample_grid(paths, SAMPLE, seed=0)
+        samples = sample_points(paths, SAMPLE, seed=0)
 
     metrics = result["metrics"]
     assert (metrics["diverged_at_epoch"], metrics["epochs_completed"]) == (1, 0)
     assert all(
-        math.isnan(metrics[f"{split}_{term}"]) for split in ("train", "test") for term in vae.LOSS_TERMS
+        math.isnan(metrics[f"{split}_{term}"]) for split in ("train", "test") for term in LOSS_TERMS
     )
     assert len(read_history(paths.training / "point_00.csv")) == 1
     assert paths.models.is_dir() and not list(paths.models.rglob("*.keras"))  # DVC's output, empty
@@ -516,7 +516,7 @@ def test_latent_grid_is_grid_size_tiles_on_each_side():
     latents = grid_latents(axes, 30, 1.0)
     for row, column in ((0, 0), (0, 29), (29, 0), (13, 17)):
         tile = grid[row * TILE : (row + 1) * TILE, column * TILE : (column + 1) * TILE]
-        expected = vae.decode(decoder, latents[[row * 30 + column]])[0] * 255.0
+        expected = decode(decoder, latents[[row * 30 + column]])[0] * 255.0
         np.testing.assert_allclose(tile, np.repeat(expected, 3, axis=-1), atol=1e-3)
 
 
@@ -693,7 +693,7 @@ def sneakers_and_boots(tmp_path_factory, fashion):
 
 def test_concept_vector_moves_decoded_sneakers_towards_ankle_boots(sneakers_and_boots):
     train, test, encoder, decoder = sneakers_and_boots
-    train_means, test_means = vae.encode(encoder, train.images), vae.encode(encoder, test.images)
+    train_means, test_means = encode(encoder, train.images), encode(encoder, test.images)
     vector = concept_vector(train_means, train.labels, SNEAKER, ANKLE_BOOT)
     sneakers = np.flatnonzero(test.labels == SNEAKER)[:50]
     sneaker_mean = train.images[train.labels == SNEAKER].mean(axis=0) / 255.0
@@ -701,7 +701,7 @@ def test_concept_vector_moves_decoded_sneakers_towards_ankle_boots(sneakers_and_
 
     shares = [
         nearest_mean_share(
-            vae.decode(decoder, test_means[sneakers] + strength * vector), sneaker_mean, boot_mean
+            decode(decoder, test_means[sneakers] + strength * vector), sneaker_mean, boot_mean
         )
         for strength in (0.0, 0.5, 1.0)
     ]
@@ -791,7 +791,7 @@ def image_folder(tmp_path) -> Path:
 
 
 def test_read_folder_reads_every_mode_and_size_and_labels_by_subfolder(image_folder, caplog):
-    with caplog.at_level(logging.WARNING, logger="tasks.vae"):
+    with caplog.at_level(logging.WARNING, logger="tasks.image_data"):
         pixels, labels, class_names = read_folder(image_folder, 16, 1)
 
     assert pixels.shape == (6, 16, 16, 1) and pixels.dtype == np.uint8
@@ -893,6 +893,13 @@ def test_load_split_of_a_missing_file_names_the_step_to_run(tmp_path):
         load_split(tmp_path / "train.npz")
 
 
+def prepare_data(paths: VaePaths, params: VaeDataParams, seed: int) -> dict:
+    """What the data step does with the `vae.data` section."""
+    return prepare_image_data(
+        params, paths.data, "vae", params.max_train_images, params.max_test_images, seed=seed
+    )
+
+
 def folder_params(folder: Path, **changes) -> VaeDataParams:
     values = {
         "dataset": "folder",
@@ -917,7 +924,7 @@ def test_prepare_data_from_a_folder_end_to_end(tmp_path):
                 Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)),
                 folder / name / f"{index}.png",
             )
-    paths = VaePaths().under(tmp_path / "repo")
+    paths = storage.under(tmp_path / "repo", VaePaths())
 
     summary = prepare_data(paths, folder_params(folder), seed=0)
 
@@ -948,17 +955,17 @@ def test_mnist_that_cannot_be_downloaded_fails_naming_the_url_and_the_offline_op
         raise Exception("URL fetch failure on .../mnist.npz: [Errno -2] Name or service not known")
 
     monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
-    with pytest.raises(data.DownloadError) as error:
-        vae.load_keras_dataset("mnist", "vae")
+    with pytest.raises(storage.DownloadError) as error:
+        load_keras_dataset("mnist", "vae")
 
     message = str(error.value)
-    assert datasets.KERAS_DATASETS_URL in message and "mnist.npz" in message
+    assert image_data.KERAS_DATASETS_URL in message and "mnist.npz" in message
     assert "KERAS_HOME" in message and "fashion_mnist" in message
     assert error.value.retryable
 
 
 def test_prepare_data_from_fashion_mnist_conforms_and_caps_the_splits(tmp_path, fashion):
-    paths = VaePaths().under(tmp_path)
+    paths = storage.under(tmp_path, VaePaths())
     params = VaeDataParams(
         dataset="fashion_mnist",
         folder="",
@@ -980,8 +987,8 @@ def test_prepare_data_from_fashion_mnist_conforms_and_caps_the_splits(tmp_path, 
 
 
 def test_the_sample_step_rejects_a_concept_class_the_folder_does_not_have(tmp_path):
-    paths = VaePaths().under(tmp_path)
-    data.write_json(paths.data / "classes.json", {"classes": ["boots", "cats"]})
+    paths = storage.under(tmp_path, VaePaths())
+    storage.write_json(paths.data / "classes.json", {"classes": ["boots", "cats"]})
     params = VaeSampleParams(
         grid_size=2,
         grid_axes="latent",
@@ -994,7 +1001,7 @@ def test_the_sample_step_rejects_a_concept_class_the_folder_does_not_have(tmp_pa
     )
 
     with pytest.raises(VaeError, match="vae.sample.concepts: class 'dogs' is not a class of") as error:
-        sample_grid(paths, params, seed=0)
+        sample_points(paths, params, seed=0)
 
     assert "boots, cats" in str(error.value)
 
@@ -1065,12 +1072,13 @@ def fashion_concept(source, target):
 
 
 def test_a_concept_class_the_keras_dataset_does_not_have_is_rejected_naming_the_key(repo_params):
-    params = parse_with(repo_params, fashion_concept("Sneakers", "Ankle boot"))  # well-typed
-    with pytest.raises(VaeError) as error:
-        check_known_concepts(params)
+    with pytest.raises(ParamsError) as error:  # well-typed, but not a class of the dataset
+        parse_with(repo_params, fashion_concept("Sneakers", "Ankle boot"))
 
     message = str(error.value)
-    assert message.startswith("vae.sample.concepts: class 'Sneakers' is not a class of fashion_mnist")
+    assert message.startswith(
+        "params.yaml: vae.sample.concepts: class 'Sneakers' is not a class of fashion_mnist"
+    )
     assert "Sneaker, Bag" in message  # the valid classes are listed
 
 
@@ -1086,16 +1094,23 @@ def test_int_class_names_are_read_as_strings(repo_params):
 
 
 def test_grid_points_are_the_product_of_latent_dims_and_betas():
-    points = grid_points([2, 8], [1.0, 4.0])
+    points = grid.expand(GridPoint, latent_dim=[2, 8], beta=[1.0, 4.0])
 
     assert points == [GridPoint(2, 1.0), GridPoint(2, 4.0), GridPoint(8, 1.0), GridPoint(8, 4.0)]
-    assert varying_fields(points) == ["latent_dim", "beta"]
-    assert varying_fields(grid_points([2], [1.0, 4.0])) == ["beta"]
-    assert points[1].label(["beta"]) == "beta=4"
-    assert points[1].label([]) == "latent_dim=2, beta=4"
+    assert grid.varying_fields(points) == ["latent_dim", "beta"]
+    assert grid.varying_fields(grid.expand(GridPoint, latent_dim=[2], beta=[1.0, 4.0])) == ["beta"]
+    assert grid.label(points[1], ["beta"]) == "beta=4"
+    assert grid.label(points[1], []) == "latent_dim=2, beta=4"
 
 
 # --- The command line --------------------------------------------------------------------------------
+
+STEPS = {"data": vae_data.data, "train": vae_steps.train, "sample": vae_steps.sample}
+
+
+def main(argv: list[str]) -> int:
+    """`python -m tasks.vae.data data` / `python -m tasks.vae.steps train|sample`, in process."""
+    return run_steps(STEPS, __doc__, argv)
 
 
 def write_params(root: Path, repo_params: dict, change) -> None:
@@ -1112,7 +1127,7 @@ def test_cli_data_step_on_an_empty_folder_prints_one_error_line(tmp_path, repo_p
         root, repo_params, lambda vae_params: vae_params["data"].update(dataset="folder", folder=str(empty))
     )
 
-    code = vae.main(["data", "--root", str(root)])
+    code = main(["data", "--root", str(root)])
 
     assert code == 2
     lines = capsys.readouterr().err.strip().splitlines()
@@ -1125,7 +1140,7 @@ def test_cli_data_step_on_an_empty_folder_prints_one_error_line(tmp_path, repo_p
 def test_cli_reports_bad_params_as_one_error_line(tmp_path, repo_params, capsys):
     write_params(tmp_path, repo_params, lambda vae_params: vae_params["model"].update(latent_dim=[0]))
 
-    code = vae.main(["train", "--root", str(tmp_path)])
+    code = main(["train", "--root", str(tmp_path)])
 
     assert code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
@@ -1135,7 +1150,7 @@ def test_cli_reports_bad_params_as_one_error_line(tmp_path, repo_params, capsys)
 def test_cli_train_step_before_the_data_step_names_the_step_to_run(tmp_path, repo_params, capsys):
     write_params(tmp_path, repo_params, lambda vae_params: None)
 
-    code = vae.main(["train", "--root", str(tmp_path)])
+    code = main(["train", "--root", str(tmp_path)])
 
     assert code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
@@ -1145,7 +1160,7 @@ def test_cli_train_step_before_the_data_step_names_the_step_to_run(tmp_path, rep
 def test_cli_sample_step_before_the_train_step_prints_one_error_line(tmp_path, repo_params, capsys):
     write_params(tmp_path, repo_params, lambda vae_params: None)
 
-    code = vae.main(["sample", "--root", str(tmp_path)])
+    code = main(["sample", "--root", str(tmp_path)])
 
     assert code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
@@ -1159,7 +1174,7 @@ def test_cli_sample_step_before_the_train_step_prints_one_error_line(tmp_path, r
 def trained_copy(tmp_path, beta_grid) -> VaePaths:
     """A copy of the trained beta grid whose second point has no decoder (as if it had diverged)."""
     source = beta_grid["paths"]
-    paths = VaePaths().under(tmp_path)
+    paths = storage.under(tmp_path, VaePaths())
     for folder in (source.data, source.models, source.training):
         shutil.copytree(folder, tmp_path / folder.relative_to(source.data.parents[1]))
     (paths.models / "point_01" / "decoder.keras").unlink()
@@ -1170,11 +1185,11 @@ def tile(image: np.ndarray, row: int, column: int) -> np.ndarray:
     return image[row * TILE : (row + 1) * TILE, column * TILE : (column + 1) * TILE]
 
 
-def test_sample_grid_writes_every_image_and_skips_a_point_without_a_model(trained_copy, caplog):
+def test_sample_points_writes_every_image_and_skips_a_point_without_a_model(trained_copy, caplog):
     paths = trained_copy
 
     with caplog.at_level(logging.WARNING, logger="tasks.vae"):
-        results = sample_grid(paths, SAMPLE, seed=0)
+        results = sample_points(paths, SAMPLE, seed=0)
 
     assert [result["name"] for result in results] == ["point_00"]
     (warning,) = [record for record in caplog.records if "nothing to sample" in record.getMessage()]
@@ -1201,9 +1216,9 @@ def test_sample_grid_writes_every_image_and_skips_a_point_without_a_model(traine
     assert metrics["concept_00/vector_norm"] > 0
 
 
-def test_sample_grid_images_show_the_test_images_they_claim_to(trained_copy):
+def test_sample_points_images_show_the_test_images_they_claim_to(trained_copy):
     paths = trained_copy
-    sample_grid(paths, SAMPLE, seed=0)
+    sample_points(paths, SAMPLE, seed=0)
     test = load_split(paths.data / "test.npz")
     point = paths.samples / "point_00"
 

@@ -1,13 +1,15 @@
 """Image datasets the techniques that learn a distribution of images share (the VAE, the GAN):
 MNIST and Fashion-MNIST through keras.datasets, or a folder of images with class subfolders,
-conformed to one size and channel count, stored as uint8 and fed to Keras a batch at a time."""
+conformed to one size and channel count, stored as uint8 and fed to Keras a batch at a time. The
+data step of both techniques is `prepare_image_data`."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import keras
 import numpy as np
@@ -15,8 +17,9 @@ import pydantic
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from tasks import data, images
+from tasks import images, storage
 from tasks.params import Params
+from tasks.steps import StepError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ CLASS_NAMES = {  # the labels of the Keras datasets, in label order
 DOWNLOADED_FILES = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist/train-images-idx3-ubyte.gz"}
 
 
-class DatasetError(ValueError):
+class DatasetError(StepError, ValueError):
     """An image folder or stored split that cannot be used, or images of an unusable shape."""
 
 
@@ -80,13 +83,13 @@ def load_keras_dataset(name: str, section: str) -> tuple[Split, Split]:
     """MNIST or Fashion-MNIST through keras.datasets (cached in $KERAS_HOME/datasets)."""
     loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist}[name]
     try:
-        with data.network_timeout():
+        with storage.network_timeout():
             (train_images, train_labels), (test_images, test_labels) = loader.load_data()
     # load_data re-raises URL and HTTP failures as bare `Exception`, so nothing narrower catches them.
     except Exception as error:
-        raise data.DownloadError(
+        raise storage.DownloadError(
             f"could not load {name} from {KERAS_DATASETS_URL}: {error}. Offline? "
-            + data.offline_hint(DOWNLOADED_FILES[name])
+            + storage.offline_hint(DOWNLOADED_FILES[name])
             + f" (it has Fashion-MNIST: set {section}.data.dataset to fashion_mnist)",
             retryable=True,
         ) from None
@@ -202,3 +205,48 @@ def image_dataset(
         )
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def prepare_image_data(
+    params: ImageDataParams,
+    destination: Path,
+    section: str,
+    max_train_images: int = 0,
+    max_test_images: int = 0,
+    seed: int = 0,
+    root: Path = Path("."),
+) -> dict[str, Any]:
+    """The data step: load the dataset (a relative folder is under `root`), keep at most the first
+    `max_*_images` of each split (0 = all), conform them to the model's size and channels, and store
+    train.npz, test.npz and classes.json (dataset, class names, image shape, counts) in `destination`.
+    `section` names the params section in messages."""
+    if params.dataset == "folder":
+        pixels, labels, class_names = read_folder(root / params.folder, params.image_size, params.channels)
+        train, test = split_folder(pixels, labels, params.test_split, seed)
+    else:
+        train, test = load_keras_dataset(params.dataset, section)
+        class_names = CLASS_NAMES[params.dataset]
+    train, test = (
+        Split(conform(split.images[: limit or None], params.image_size, params.channels), split.labels[: limit or None])
+        for split, limit in ((train, max_train_images), (test, max_test_images))
+    )
+    save_split(train, destination / "train.npz")
+    save_split(test, destination / "test.npz")
+    summary = {
+        "dataset": params.dataset,
+        "classes": class_names,
+        "image_shape": list(train.images.shape[1:]),
+        "num_train": len(train.images),
+        "num_test": len(test.images),
+    }
+    storage.write_json(destination / "classes.json", summary)
+    log.info("data: %s", {key: value for key, value in summary.items() if key != "classes"})
+    return summary
+
+
+def read_summary(destination: Path) -> dict[str, Any]:
+    """classes.json of the data step: dataset, class names, image shape and counts."""
+    path = destination / "classes.json"
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: run the data step first")
+    return json.loads(path.read_text(encoding="utf-8"))

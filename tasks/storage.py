@@ -1,8 +1,10 @@
-"""Downloads through the Keras cache, verified and written atomically into the repo for DVC, and
-the atomic JSON writer the steps share for their results and metrics."""
+"""Files the steps share: downloads through the Keras cache (verified, written atomically into the
+repo for DVC), atomic JSON and CSV records, and the steps' paths under a repo root."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -11,17 +13,21 @@ import socket
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import keras
 
+from tasks.steps import StepError
+
 DOWNLOAD_TIMEOUT_SECONDS = 60
 
+Paths = TypeVar("Paths")
 
-class DownloadError(RuntimeError):
+
+class DownloadError(StepError, RuntimeError):
     """A file could not be fetched or failed its checksum; `retryable` if trying again may help."""
 
     def __init__(self, message: str, retryable: bool = False):
@@ -29,12 +35,24 @@ class DownloadError(RuntimeError):
         self.retryable = retryable
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def under(root: Path, paths: Paths) -> Paths:
+    """A technique's paths dataclass (relative to the repo root, as dvc.yaml names them) under `root`."""
+    return dataclasses.replace(
+        paths, **{item.name: root / getattr(paths, item.name) for item in dataclasses.fields(paths)}
+    )
+
+
+def file_hash(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file, read a MiB at a time."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    return file_hash(path, "sha256")
 
 
 def fetch(url: str, destination: Path, sha256: str = "") -> Path:
@@ -113,4 +131,27 @@ def write_json(path: Path, content: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.partial")
     temporary.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def read_rows(path: Path) -> list[dict[str, float]]:
+    """The numeric rows of a CSV file written by `write_rows` (or keras.callbacks.CSVLogger);
+    empty cells are left out; a missing file has no rows."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return [
+            {key: float(value) for key, value in row.items() if value != ""} for row in csv.DictReader(file)
+        ]
+
+
+def write_rows(path: Path, rows: Sequence[dict[str, float]]) -> None:
+    """Write `rows` as CSV atomically; the columns are every key in order of first appearance."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    temporary = path.with_name(f".{path.name}.partial")
+    with temporary.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
     os.replace(temporary, path)

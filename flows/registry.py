@@ -1,0 +1,68 @@
+"""The one place that declares each technique: its params section, its DVC stages in the order they
+run, and its flow. The command line, the main job and the tests find techniques here; a test checks
+the stages against dvc.yaml and the quick profile against the params models."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tasks import tracking
+from tasks.deepdream.params import DeepDreamParams
+from tasks.gan.params import GanParams
+from tasks.params import Params, ParamsError, did_you_mean, parse_section
+from tasks.runtime import RuntimeParams
+from tasks.style_transfer.params import StyleTransferParams
+from tasks.text.char_lstm.params import TextParams
+from tasks.vae.params import VaeParams
+
+SHARED_SECTIONS = {"runtime": RuntimeParams, "tracking": tracking.TrackingParams}
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str  # its params section, the prefix of its stages, its MLflow experiment <prefix>-<name>
+    stages: tuple[str, ...]  # its dvc.yaml stages, in the order they run
+    params: type[Params]  # validates its params section
+    flow: str  # "module:function" of its Prefect flow
+
+    def load_flow(self):
+        module, _, function = self.flow.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+
+TECHNIQUES = {
+    technique.name: technique
+    for technique in (
+        Technique(
+            "text",
+            ("text_download", "text_prepare", "text_train", "text_sample"),
+            TextParams,
+            "flows.text:text_generation",
+        ),
+        Technique("deepdream", ("deepdream_image", "deepdream_dream"), DeepDreamParams, "flows.deepdream:deepdream_flow"),
+        Technique(
+            "style_transfer",
+            ("style_transfer_images", "style_transfer_stylize"),
+            StyleTransferParams,
+            "flows.style_transfer:style_transfer_flow",
+        ),
+        Technique("vae", ("vae_data", "vae_train", "vae_sample"), VaeParams, "flows.vae:vae_flow"),
+        Technique("gan", ("gan_data", "gan_classifier", "gan_train"), GanParams, "flows.gan:gan_flow"),
+    )
+}
+KNOWN_SECTIONS = set(SHARED_SECTIONS) | set(TECHNIQUES)
+
+
+def validate(params: Mapping[str, Any], techniques: list[str] | None = None) -> dict[str, Params]:
+    """Parse the shared sections and those of `techniques` (default: all), naming the first bad key.
+
+    Unknown top-level sections are rejected too: a typo would otherwise be ignored.
+    """
+    for name in params:
+        if name not in KNOWN_SECTIONS:
+            raise ParamsError(f"params.yaml: unknown section {name!r}{did_you_mean(name, KNOWN_SECTIONS)}")
+    models = {**SHARED_SECTIONS, **{name: TECHNIQUES[name].params for name in techniques or TECHNIQUES}}
+    return {name: parse_section(params, name, model) for name, model in models.items()}

@@ -1,0 +1,79 @@
+"""What the GAN's steps leave goes to MLflow (called by the flow; no DVC stage imports this)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from PIL import Image
+
+from tasks import grid, storage, tracking
+from tasks.gan.params import GanPaths
+from tasks.image_data import read_summary
+
+
+def log_training(parent_run_id: str, experiment_id: str, paths: GanPaths) -> dict[str, str]:
+    """One child run per grid point: its settings, d_loss/g_loss per step, the Frechet distance per
+    epoch, the fixed-latent grid of every epoch as a stepped image, and the generator(s); tagged with
+    its `instability` if it diverged or collapsed, and FAILED if the train step said it failed. The
+    comparison of final samples goes on the parent."""
+    client = mlflow.MlflowClient()
+    summary = read_summary(paths.data)
+    classifier = json.loads((paths.classifier / "metrics.json").read_text(encoding="utf-8"))
+    tracking.log_metrics(parent_run_id, {f"classifier.{k}": v for k, v in classifier.items() if k != "task"})
+    child_ids, scores = {}, []
+    for result in grid.read_points(paths.training / "points.json"):
+        folder, metrics = paths.training / result["name"], result["metrics"]
+        with tracking.start_child_run(parent_run_id, experiment_id, result["label"]) as child:
+            run_id = child.info.run_id
+            log_point(client, run_id, folder, result, summary)
+            for model in sorted((paths.models / result["name"]).glob("*.keras")):
+                tracking.log_keras_model(run_id, model, name=model.stem)
+            child_ids[result["name"]] = run_id
+            if math.isfinite(metrics.get("frechet_distance", math.nan)):
+                scores.append(metrics["frechet_distance"])
+        if result["instability"]:
+            tracking.set_tags(run_id, {"instability": result["instability"]})
+        if result["failure"]:
+            tracking.mark_failed(run_id, result["failure"])
+    tracking.log_metrics(parent_run_id, {"best_frechet_distance": min(scores, default=math.nan)})
+    if (paths.training / "comparison.png").is_file():
+        client.log_artifact(parent_run_id, str(paths.training / "comparison.png"))
+    return child_ids
+
+
+def log_point(
+    client: mlflow.MlflowClient, run_id: str, folder: Path, result: dict[str, Any], summary: dict[str, Any]
+) -> None:
+    """A point's settings, its per-step and per-epoch metrics, its final metrics and its epoch grids."""
+    tracking.log_params(
+        run_id,
+        {
+            **result["point"],
+            "dataset": summary["dataset"],
+            "image_shape": "x".join(map(str, summary["image_shape"])),
+        },
+    )
+    tracking.log_metric_rows(
+        run_id,
+        [{k: v for k, v in row.items() if k != "epoch"} for row in storage.read_rows(folder / "steps.csv")],
+        step_key="step",
+    )
+    tracking.log_metric_rows(
+        run_id,
+        [
+            {("epoch_" + k if k in ("d_loss", "g_loss") else k): v for k, v in row.items()}
+            for row in storage.read_rows(folder / "epochs.csv")
+        ],
+        step_key="epoch",
+    )
+    tracking.log_metrics(
+        run_id, {f"final_{k}": v for k, v in result["metrics"].items() if isinstance(v, float)}
+    )
+    for grid_image in sorted((folder / "grids").glob("*.png")):
+        key, _, epoch = grid_image.stem.rpartition("epoch_")
+        with Image.open(grid_image) as image:
+            client.log_image(run_id, image.copy(), key=f"{key}samples", step=int(epoch))

@@ -1,0 +1,144 @@
+"""How good the GAN's images are: the Frechet distance (the FID formula) between the features of
+generated and of held-out real images, in the penultimate layer of a small classifier trained on the
+same data (its labels, or the rotations of its images when it has one class), or of InceptionV3.
+
+`python -m tasks.gan.score classifier` (from the repo root, as dvc.yaml runs it) trains that
+classifier; it does not import the GAN's model, so changing the GAN does not re-train it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+import scipy.linalg
+import tensorflow as tf
+from keras import layers
+
+from tasks import storage
+from tasks.backbones import BackboneError, load_backbone
+from tasks.gan.params import GanError, GanPaths, load
+from tasks.image_data import load_split
+from tasks.runtime import RuntimeParams, configure_runtime
+from tasks.steps import run_steps
+from tasks.training import save_model_atomically
+
+log = logging.getLogger(__name__)
+
+
+def build_classifier(image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """A small convnet whose penultimate layer ("features") is the space the score is measured in."""
+    inputs = keras.Input(shape=image_shape, name="images")
+    x = layers.Conv2D(32, 3, activation="relu", padding="same")(inputs)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(64, 3, activation="relu", padding="same")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(128, activation="relu", name="features")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="classifier")
+
+
+def rotation_task(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unlabelled images (one class): predicting which of 4 rotations was applied teaches features
+    (Gidaris et al. 2018). Square images only, which the data step guarantees."""
+    rotated = np.concatenate([np.rot90(pixels, k, axes=(1, 2)) for k in range(4)])
+    return rotated, np.repeat(np.arange(4, dtype=np.int32), len(pixels))
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two Gaussians (the FID formula)."""
+    with warnings.catch_warnings():  # a singular product (e.g. a collapsed generator) is handled below
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        root = scipy.linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(root).all():  # singular product: nudge both (as the FID reference code does)
+        offset = np.eye(len(cov_a)) * 1e-6
+        root = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    distance = np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2.0 * np.real(root))
+    return float(max(distance, 0.0))
+
+
+def score_features(
+    classifier_path: Path, features: str, weights: str = "pretrained"
+) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Images in [0, 1] -> the features the score compares: the pipeline's classifier's "features"
+    layer, or InceptionV3's pooled last block (the FID's own space; needs ImageNet weights)."""
+    if features == "classifier":
+        classifier = keras.models.load_model(classifier_path)
+        return keras.Model(classifier.input, classifier.get_layer("features").output)
+    try:
+        extract = load_backbone("inception_v3", weights).feature_extractor(["mixed10"])
+    except BackboneError as error:
+        raise GanError(f"{error}; or set gan.score.features to classifier") from None
+
+    def inception_features(batch: tf.Tensor) -> tf.Tensor:
+        batch = tf.image.grayscale_to_rgb(batch) if batch.shape[-1] == 1 else batch
+        batch = tf.image.resize(batch, (299, 299), method="bilinear")
+        return tf.reduce_mean(extract(batch * 2.0 - 1.0)["mixed10"], axis=(1, 2))
+
+    return inception_features
+
+
+def features_of(
+    extractor: Callable[[tf.Tensor], tf.Tensor], pixels: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """Score features of images, uint8 or float in [0, 1]."""
+    scale = 255.0 if pixels.dtype == np.uint8 else 1.0
+    return np.concatenate(
+        [
+            np.asarray(extractor(tf.constant(pixels[start : start + batch_size].astype(np.float32) / scale)))
+            for start in range(0, len(pixels), batch_size)
+        ]
+    ).astype(np.float64)
+
+
+def train_classifier(paths: GanPaths, epochs: int, runtime: RuntimeParams) -> dict[str, float]:
+    """The scoring classifier: the dataset's labels, or rotations of its images when it has one class."""
+    configure_runtime(runtime.seed, "float32", runtime.memory_growth, "default")
+    train, test = load_split(paths.data / "train.npz"), load_split(paths.data / "test.npz")
+    labelled = len(np.unique(train.labels)) > 1
+    (train_x, train_y), (test_x, test_y) = (
+        ((train.images, train.labels), (test.images, test.labels))
+        if labelled
+        else (rotation_task(train.images), rotation_task(test.images))
+    )
+    task = "labels" if labelled else "rotations"
+    classifier = build_classifier(train.images.shape[1:], int(max(train_y.max(), test_y.max())) + 1)
+    classifier.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = classifier.fit(
+        train_x.astype(np.float32) / 255.0,
+        train_y,
+        batch_size=128,
+        epochs=epochs,
+        shuffle=True,
+        validation_data=(test_x.astype(np.float32) / 255.0, test_y),
+        verbose=0,
+    )
+    save_model_atomically(classifier, paths.classifier / "classifier.keras")
+    metrics = {
+        "task": task,
+        "accuracy": history.history["accuracy"][-1],
+        "test_accuracy": history.history["val_accuracy"][-1],
+    }
+    storage.write_json(paths.classifier / "metrics.json", metrics)
+    log.info("scoring classifier (%s): test accuracy %.3f", task, metrics["test_accuracy"])
+    return metrics
+
+
+def classifier(root: Path) -> None:
+    """The `classifier` step."""
+    params, runtime = load(root)
+    train_classifier(storage.under(root, GanPaths()), params.score.classifier_epochs, runtime)
+
+
+if __name__ == "__main__":
+    sys.exit(run_steps({"classifier": classifier}, __doc__))

@@ -1,0 +1,84 @@
+"""What the char-LSTM's steps wrote, logged to MLflow (called by the flow, never by a stage): the
+training history, per-epoch samples and model on the parent run, one child run per temperature."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from tasks import tracking
+from tasks.text.char_lstm.params import TextPaths
+from tasks.text.corpus import read_vocabulary
+from tasks.training import read_history
+
+
+def log_training(run_id: str, paths: TextPaths) -> dict[str, float]:
+    """Per-epoch losses, the training summary, the per-epoch samples and the model."""
+    tracking.log_metric_rows(run_id, read_history(paths.history), step_key="epoch")
+    metrics = json.loads(paths.train_metrics.read_text())
+    tracking.log_metrics(run_id, {f"train.{key}": value for key, value in metrics.items()})
+    epoch_samples = json.loads(paths.epoch_samples.read_text(encoding="utf-8"))
+    if epoch_samples:
+        log_epoch_samples(run_id, epoch_samples)
+    vocab_size = read_vocabulary(paths.prepared).size  # the model's output size
+    signature = ModelSignature(  # any batch, any sequence length -> next-character distribution
+        Schema([TensorSpec(np.dtype("int32"), (-1, -1), "char_ids")]),
+        Schema([TensorSpec(np.dtype("float32"), (-1, vocab_size), "next_char")]),
+    )
+    tracking.log_keras_model(run_id, paths.model, name="model", signature=signature)
+    return metrics
+
+
+def log_epoch_samples(run_id: str, epoch_samples: list[dict]) -> None:
+    """Entropy per epoch and temperature, the samples as a table, and one text file per epoch."""
+    tracking.log_metric_rows(  # MLflow groups "epoch_samples/..." charts together
+        run_id,
+        [
+            {
+                "epoch": r["epoch"],
+                f"epoch_samples/temperature_{r['temperature']:g}/entropy_bits": r["entropy_bits"],
+            }
+            for r in epoch_samples
+        ],
+    )
+    mlflow.log_table(
+        {key: [record[key] for record in epoch_samples] for key in ("epoch", "temperature", "text")},
+        "epoch_samples.json",
+        run_id=run_id,
+    )
+    for epoch in sorted({record["epoch"] for record in epoch_samples}):
+        mlflow.log_text(
+            "\n\n".join(
+                f"--- temperature {record['temperature']:g}\n{record['text']}"
+                for record in epoch_samples
+                if record["epoch"] == epoch
+            ),
+            f"epoch_samples/epoch_{epoch:03d}.txt",
+            run_id=run_id,
+        )
+
+
+def log_samples(parent_run_id: str, experiment_id: str, paths: TextPaths) -> list[str]:
+    """One child run per temperature with its text and metrics, for side-by-side comparison."""
+    child_ids = []
+    for result in json.loads((paths.samples / "samples.json").read_text(encoding="utf-8")):
+        with tracking.start_child_run(
+            parent_run_id, experiment_id, f"temperature={result['temperature']:g}"
+        ) as child:
+            mlflow.log_params(
+                {
+                    "temperature": result["temperature"],
+                    "num_chars": len(result["text"]),
+                    "seed_text": result["seed"][:500],
+                }
+            )
+            mlflow.log_metrics(result["metrics"])
+            mlflow.log_text(result["seed"] + result["text"], "sample.txt")
+            child_ids.append(child.info.run_id)
+    metrics = json.loads(paths.sample_metrics.read_text())
+    tracking.log_metrics(parent_run_id, {"sample.chars_per_second": metrics["chars_per_second"]})
+    return child_ids
