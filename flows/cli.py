@@ -36,8 +36,6 @@ def run_cli(flow_function: Callable[..., Any], techniques: list[str] | None = No
         params = load_params(root, args.profile)
         settings = validate(params, techniques)["tracking"]
         tracking_uri = tracking.resolve_tracking_uri(settings.uri, root)
-        with checkout_lock(root):  # another flow run in this checkout: say so now, not after Prefect starts
-            pass
     except (ParamsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -46,7 +44,11 @@ def run_cli(flow_function: Callable[..., Any], techniques: list[str] | None = No
         flow_function.serve(cron=args.schedule, parameters={"profile": args.profile, "root": str(root)})
         return 0
     try:
-        flow_function(profile=args.profile, root=root)
+        with checkout_lock(root):  # another flow run in this checkout: say so now, not after Prefect starts
+            flow_function(profile=args.profile, root=root)
+    except ParamsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except Exception as error:  # the flow's log already holds the details; end with one line
         print(f"\nerror: {error}", file=sys.stderr)
         return 1

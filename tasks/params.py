@@ -124,14 +124,23 @@ class CheckoutBusy(ParamsError):
     """Another flow run holds this checkout (its DVC workspace and params.yaml)."""
 
 
+_held_checkouts: set[Path] = set()  # checkouts this process holds (the lock is re-entrant)
+_applied_profiles: set[Path] = set()  # the backups of the profiles this process has applied
+
+
 @contextmanager
 def checkout_lock(root: Path) -> Iterator[None]:
     """Hold this checkout for one flow run; a second one fails at once with one line.
 
     An OS lock (flock): a killed run releases it with its process, so nothing stale is left.
-    DVC allows one `dvc repro` per workspace anyway, and a profile lives in params.yaml.
+    DVC allows one `dvc repro` per workspace anyway, and a profile lives in params.yaml. The
+    command line takes it before Prefect starts; the flow (and the main job's subflows) take it
+    again in the same process, which is allowed.
     """
-    path = root / CHECKOUT_LOCK
+    path = (root / CHECKOUT_LOCK).resolve()
+    if path in _held_checkouts:
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as lock:
         try:
@@ -147,9 +156,11 @@ def checkout_lock(root: Path) -> Iterator[None]:
         lock.truncate()
         lock.write(f"pid {os.getpid()}")
         lock.flush()
+        _held_checkouts.add(path)
         try:
             yield
         finally:
+            _held_checkouts.discard(path)
             lock.truncate(0)
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -163,8 +174,11 @@ def applied_profile(root: Path, profile: str | None) -> Iterator[dict[str, Any]]
     afterwards, even on failure or Ctrl-C; a run that was killed before it could put them back
     is repaired by the next one, which holds the lock and finds the kept copy.
     """
+    params_path, backup = root / PARAMS_FILE, root / PARAMS_BACKUP
     with checkout_lock(root):
-        params_path, backup = root / PARAMS_FILE, root / PARAMS_BACKUP
+        if backup.resolve() in _applied_profiles:  # applied by this process already: as it is
+            yield read_yaml(params_path)
+            return
         if backup.is_file():
             log.warning("%s: restoring the params of a run that was killed while a profile was applied", params_path)
             _write_atomically(params_path, backup.read_bytes())
@@ -176,9 +190,11 @@ def applied_profile(root: Path, profile: str | None) -> Iterator[dict[str, Any]]
         original = params_path.read_bytes()
         _write_atomically(backup, original)
         _write_atomically(params_path, dump_yaml(params).encode())
+        _applied_profiles.add(backup.resolve())
         try:
             yield params
         finally:
+            _applied_profiles.discard(backup.resolve())
             _write_atomically(params_path, original)
             backup.unlink()
 

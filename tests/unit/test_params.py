@@ -4,7 +4,10 @@ profile overlays and their temporary application to params.yaml."""
 from __future__ import annotations
 
 import copy
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,6 @@ import pytest
 from flows.registry import TECHNIQUES, validate
 from tasks.params import (
     PARAMS_BACKUP,
-    CheckoutBusy,
     ParamsError,
     applied_profile,
     checkout_lock,
@@ -326,26 +328,40 @@ def test_applied_profile_with_a_bad_profile_changes_nothing(repo_copy):
     assert (repo_copy / "params.yaml").read_bytes() == original
 
 
+def second_run(root: Path) -> subprocess.CompletedProcess:
+    """Another process that tries to apply no profile in the same checkout."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from tasks.params import applied_profile\n"
+            "with applied_profile(Path(sys.argv[1]), None):\n    print('got the checkout')",
+            str(root),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+
+
 def test_a_second_run_in_the_same_checkout_fails_at_once_and_changes_nothing(repo_copy):
     params_path = repo_copy / "params.yaml"
     original = params_path.read_bytes()
 
     with applied_profile(repo_copy, "quick"):
         applied = params_path.read_bytes()
-        with pytest.raises(CheckoutBusy, match=r"in use by another gendl flow run \(pid \d+\)"):
-            with applied_profile(repo_copy, None):
-                pytest.fail("a second run got the checkout")
+        with applied_profile(repo_copy, "quick"):  # the same process again (a subflow): allowed
+            pass
+        refused = second_run(repo_copy)
+        assert refused.returncode != 0 and "got the checkout" not in refused.stdout
+        assert re.search(r"CheckoutBusy: .* is in use by another gendl flow run \(pid \d+\)", refused.stderr)
         assert params_path.read_bytes() == applied, "the second run touched the first one's params"
 
     assert params_path.read_bytes() == original
-    with checkout_lock(repo_copy):  # released: the next run gets it
-        pass
+    assert second_run(repo_copy).stdout == "got the checkout\n"  # released: the next run gets it
 
 
 def test_a_run_killed_while_a_profile_was_applied_is_repaired_by_the_next(repo_copy):
-    import subprocess
-    import sys
-
     params_path = repo_copy / "params.yaml"
     original = params_path.read_bytes()
     killed = subprocess.run(  # applies the profile, then dies without cleaning up
