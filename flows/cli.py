@@ -15,6 +15,11 @@ from tasks import tracking
 from tasks.params import ParamsError, available_profiles, checkout_lock, load_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# `flow.serve` from a terminal ran one checkout's flow and paused its schedule when the terminal closed.
+SCHEDULE_MOVED = (
+    "--schedule is replaced by the deployments in prefect.yaml (weekly cron schedules, each run in its own "
+    "clone on a worker): scripts/team.sh start, then scripts/team.sh deploy; edit a schedule in prefect.yaml"
+)
 
 
 def run_cli(flow_function: Callable[..., Any], techniques: list[str] | None = None) -> int:
@@ -25,12 +30,12 @@ def run_cli(flow_function: Callable[..., Any], techniques: list[str] | None = No
         "--profile", help=f"params overlay from profiles/ ({', '.join(available_profiles(REPO_ROOT))})"
     )
     parser.add_argument("--root", type=Path, default=REPO_ROOT, help="repo root (default: this checkout)")
-    parser.add_argument(
-        "--schedule",
-        metavar="CRON",
-        help="serve the flow on this cron schedule (e.g. '0 3 * * 1') instead of running it once",
-    )
+    # Replaced by the deployments in prefect.yaml; kept only to say so instead of "unrecognized argument".
+    parser.add_argument("--schedule", metavar="CRON", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.schedule:
+        print(f"error: {SCHEDULE_MOVED}", file=sys.stderr)
+        return 2
     root = args.root.resolve()
     try:  # bad params fail here, in a second, not after Prefect's server has started
         params = load_params(root, args.profile)
@@ -40,9 +45,6 @@ def run_cli(flow_function: Callable[..., Any], techniques: list[str] | None = No
         print(f"error: {error}", file=sys.stderr)
         return 2
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
-    if args.schedule:  # runs until stopped; needs a Prefect server (PREFECT_API_URL) to be useful
-        flow_function.serve(cron=args.schedule, parameters={"profile": args.profile, "root": str(root)})
-        return 0
     try:
         with checkout_lock(root):  # another flow run in this checkout: say so now, not after Prefect starts
             flow_function(profile=args.profile, root=root)

@@ -1,6 +1,7 @@
 """GAN flow: data -> scoring classifier -> one DCGAN per grid point (learning_rate x label_noise x
 dropout), as dvc.yaml defines them, tracked in MLflow as one parent run (the final samples side by
-side) with one child run per grid point.
+side) with one child run per grid point; the best generator, when it trained, is registered and may
+become the champion (tasks/champion.py).
 
     python -m flows.gan [--profile quick]
 """
@@ -15,11 +16,13 @@ from prefect import flow, task
 from flows.cli import REPO_ROOT, run_cli
 from flows.registry import TECHNIQUES
 from flows.technique_run import raise_if_failed, technique_run
-from tasks import grid, storage
+from tasks import champion, grid, storage
 from tasks.gan import log
 from tasks.gan.params import GanPaths
 
 log_training = task(log.log_training, name="log-training")
+log_serving_model = task(log.log_serving_model, name="log-serving-model")
+promote = task(champion.promote, name="champion", retries=2, retry_delay_seconds=5)
 
 
 @flow(name="gan")
@@ -39,9 +42,15 @@ def gan_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, An
     """
     root = Path(root).resolve()
     paths = storage.under(root, GanPaths())
-    with technique_run(TECHNIQUES["gan"], profile, root) as run:
+    technique = TECHNIQUES["gan"]
+    with technique_run(technique, profile, root) as run:
         run.run_stages(through="gan_train")
         child_run_ids = log_training(run.run_id, run.experiment_id, paths)
+        trained = "gan_train" in run.stages_run
+        candidate = log_serving_model(child_run_ids, paths) if trained else None
+        decision = promote(
+            technique.name, technique.champion, run.run_id, run.params, root, trained, candidate
+        )
         points = grid.read_points(paths.training / "points.json")
         lines = [
             "## GAN",
@@ -63,11 +72,13 @@ def gan_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, An
             if point["instability"]:
                 line += f" -- {point['instability']}"
             lines.append(line)
+        lines.append(decision.summary())
         result = run.publish(
             "\n".join(lines),
             "gan-summary",
             child_run_ids=child_run_ids,
             metrics={point["name"]: point["metrics"] for point in points},
+            champion=decision.tags(),
         )
         raise_if_failed(points)
     return result

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks import tracking
+from tasks.champion import ChampionRule
 from tasks.deepdream.params import DeepDreamParams
 from tasks.gan.params import GanParams
 from tasks.params import Params, ParamsError, did_you_mean, parse_section
@@ -27,6 +28,9 @@ class Technique:
     stages: tuple[str, ...]  # its dvc.yaml stages, in the order they run
     params: type[Params]  # validates its params section
     flow: str  # "module:function" of its Prefect flow
+    # How its registered model's versions are compared (tasks/champion.py); None = nothing is
+    # registered: DeepDream and style transfer optimise one image per run, there is no model to reuse.
+    champion: ChampionRule | None = None
 
     def load_flow(self):
         module, _, function = self.flow.partition(":")
@@ -41,6 +45,12 @@ TECHNIQUES = {
             ("text_download", "text_prepare", "text_train", "text_sample"),
             TextParams,
             "flows.text:text_generation",
+            # Validation loss depends on the context length and the windows scored, besides the data.
+            ChampionRule(
+                "best_val_loss",
+                data_stages=("text_download", "text_prepare"),
+                data_params=("text.data.maxlen", "text.data.step"),
+            ),
         ),
         Technique("deepdream", ("deepdream_image", "deepdream_dream"), DeepDreamParams, "flows.deepdream:deepdream_flow"),
         Technique(
@@ -49,8 +59,26 @@ TECHNIQUES = {
             StyleTransferParams,
             "flows.style_transfer:style_transfer_flow",
         ),
-        Technique("vae", ("vae_data", "vae_train", "vae_sample"), VaeParams, "flows.vae:vae_flow"),
-        Technique("gan", ("gan_data", "gan_classifier", "gan_train"), GanParams, "flows.gan:gan_flow"),
+        Technique(
+            "vae",
+            ("vae_data", "vae_train", "vae_sample"),
+            VaeParams,
+            "flows.vae:vae_flow",
+            # -ELBO on the test split (reconstruction + KL whatever the beta): comparable across betas.
+            ChampionRule("test_negative_elbo", data_stages=("vae_data",)),
+        ),
+        Technique(
+            "gan",
+            ("gan_data", "gan_classifier", "gan_train"),
+            GanParams,
+            "flows.gan:gan_flow",
+            # The Frechet distance's scale depends on the features compared and the number of images.
+            ChampionRule(
+                "frechet_distance",
+                data_stages=("gan_data", "gan_classifier"),
+                data_params=("gan.score.features", "gan.score.num_images"),
+            ),
+        ),
     )
 }
 KNOWN_SECTIONS = set(SHARED_SECTIONS) | set(TECHNIQUES)

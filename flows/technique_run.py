@@ -1,6 +1,7 @@
 """What every technique's flow does around its own logging: hold the checkout and apply the params
 profile, open the MLflow parent run, run the technique's DVC stages as Prefect tasks, tag the run
-with what ran, and end it FAILED if a grid point failed."""
+with what ran, share the outputs through the team's DVC remote when the workspace has one, and end
+the run FAILED if a grid point failed."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.registry import Technique, validate
 from tasks import grid, tracking
 from tasks.params import applied_profile
-from tasks.pipeline import run_stage, stage_retries
+from tasks.pipeline import push_outputs, run_stage, stage_retries, team_remote
 from tasks.training import TrainingFailed
 
 
@@ -29,7 +30,8 @@ class TechniqueRun:
     run_id: str  # the MLflow parent run
     experiment_id: str
     tracking_uri: str
-    stages_run: list[str] = field(default_factory=list)
+    remote: str | None = None  # the team's DVC remote (URL) the stages pull from and the flow pushes to
+    stages_run: list[str] = field(default_factory=list)  # stages whose command ran (not skipped or restored)
 
     stages_done: list[str] = field(default_factory=list)
 
@@ -42,7 +44,7 @@ class TechniqueRun:
             task = run_stage.with_options(
                 name=f"dvc:{name}", retries=stage_retries(self.root, name), retry_delay_seconds=3
             )
-            if task(name, self.root):
+            if task(name, self.root, pull=self.remote is not None):
                 self.stages_run.append(name)
             self.stages_done.append(name)
 
@@ -66,6 +68,36 @@ def raise_if_failed(points: Sequence[dict[str, Any]]) -> None:
         raise TrainingFailed("; ".join(failures))
 
 
+def refuse_workspace_store(tracking_uri: str, root: Path) -> None:
+    """Under a worker the workspace is a temporary clone: a SQLite store inside it would be deleted
+    with it, so a deployment's flow run needs a tracking server."""
+    if runtime.deployment.id is None or not tracking_uri.startswith("sqlite:///"):
+        return
+    database = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+    if database.is_relative_to(root.resolve()):
+        raise ValueError(
+            f"MLflow tracking URI {tracking_uri} is inside this flow run's workspace, which is deleted when "
+            "the run ends: give the worker MLFLOW_TRACKING_URI of the team's tracking server "
+            "(the lines `scripts/team.sh env` prints; scripts/team.sh start sets them for its workers)"
+        )
+
+
+def share_outputs(run: TechniqueRun, failed: bool) -> None:
+    """Push what the stages made to the team remote. After a failure, the stages that finished are
+    still pushed (the next attempt restores them instead of running them) and a failed push only
+    warns, so the error the flow reports stays the stage's."""
+    if not run.stages_done:
+        return
+    if not failed:
+        push_outputs(run.root, list(run.stages_done))
+        tracking.set_tags(run.run_id, {"dvc.remote": run.remote})
+        return
+    state = push_outputs(run.root, list(run.stages_done), return_state=True)
+    if state.is_failed():
+        logger = get_run_logger()
+        logger.warning("the finished stages' outputs were not pushed to the team remote: %s", state.message)
+
+
 @contextmanager
 def technique_run(technique: Technique, profile: str | None, root: Path) -> Iterator[TechniqueRun]:
     """The MLflow parent run of one flow run; it ends FAILED if the body raises."""
@@ -73,6 +105,8 @@ def technique_run(technique: Technique, profile: str | None, root: Path) -> Iter
     with applied_profile(root, profile) as params:
         settings = validate(params, [technique.name])["tracking"]
         tracking_uri = tracking.resolve_tracking_uri(settings.uri, root)
+        refuse_workspace_store(tracking_uri, root)
+        remote = team_remote(root)
         experiment_id = tracking.setup_experiment(
             tracking_uri, tracking.experiment_name(settings.experiment_prefix, technique.name)
         )
@@ -86,10 +120,21 @@ def technique_run(technique: Technique, profile: str | None, root: Path) -> Iter
                 **tracking.git_tags(root),
             },
         ) as parent:
-            run = TechniqueRun(root, params, technique.stages, parent.info.run_id, experiment_id, tracking_uri)
+            run = TechniqueRun(
+                root, params, technique.stages, parent.info.run_id, experiment_id, tracking_uri, remote
+            )
+            # Under a worker both are the flow run's clone (an editable install must not win).
+            logger.info("workspace %s, flow code %s", root, Path(__file__).resolve().parent.parent)
             logger.info("MLflow run %s in experiment %s (%s)", run.run_id, experiment_id, tracking_uri)
+            if remote:
+                logger.info("DVC remote %s: stages restore what it holds, outputs are pushed after", remote)
             tracking.log_params(run.run_id, {technique.name: params[technique.name], "runtime": params["runtime"]})
-            yield run
+            try:
+                yield run
+            except Exception:  # re-raised: only shares what finished before the failure
+                if remote:
+                    share_outputs(run, failed=True)
+                raise
             assert run.stages_done == list(technique.stages), "the flow left stages out"
             tracking.set_tags(
                 run.run_id,
@@ -98,3 +143,5 @@ def technique_run(technique: Technique, profile: str | None, root: Path) -> Iter
                     **tracking.dvc_lock_tags(root, technique.stages),
                 },
             )
+            if remote:
+                share_outputs(run, failed=False)

@@ -1,5 +1,6 @@
 """Text generation flow: download -> prepare -> train -> sample, as dvc.yaml defines them,
-tracked in MLflow as one parent run with one child run per sampling temperature.
+tracked in MLflow as one parent run with one child run per sampling temperature; a model that
+trained is registered and may become the champion (tasks/champion.py).
 
     python -m flows.text [--profile quick]
 """
@@ -16,11 +17,13 @@ from prefect import flow, task
 from flows.cli import REPO_ROOT, run_cli
 from flows.registry import TECHNIQUES
 from flows.technique_run import technique_run
-from tasks import storage
+from tasks import champion, storage
 from tasks.text.char_lstm import log
 from tasks.text.char_lstm.params import TextPaths
 
 log_training = task(log.log_training, name="log-training")
+log_serving_model = task(log.log_serving_model, name="log-serving-model")
+promote = task(champion.promote, name="champion", retries=2, retry_delay_seconds=5)
 log_samples = task(log.log_samples, name="log-samples")
 
 
@@ -37,14 +40,24 @@ def text_generation(profile: str | None = None, root: Path = REPO_ROOT) -> dict[
     """
     root = Path(root).resolve()
     paths = storage.under(root, TextPaths())
-    with technique_run(TECHNIQUES["text"], profile, root) as run:
+    technique = TECHNIQUES["text"]
+    with technique_run(technique, profile, root) as run:
         run.run_stages(through="text_train")
         train_metrics = log_training(run.run_id, paths)
+        trained = "text_train" in run.stages_run
+        candidate = log_serving_model(run.run_id, paths) if trained else None
+        decision = promote(
+            technique.name, technique.champion, run.run_id, run.params, root, trained, candidate
+        )
         run.run_stages(through="text_sample")
         child_run_ids = log_samples(run.run_id, run.experiment_id, paths)
     summary = summarize(paths, train_metrics, run.run_id, run.tracking_uri)
     return run.publish(
-        summary, "text-generation-summary", child_run_ids=child_run_ids, train_metrics=train_metrics
+        f"{summary}\n{decision.summary()}",
+        "text-generation-summary",
+        child_run_ids=child_run_ids,
+        train_metrics=train_metrics,
+        champion=decision.tags(),
     )
 
 

@@ -1,6 +1,7 @@
 """Variational autoencoder flow: data -> one VAE per grid point (latent_dim x beta) -> latent-space
 images, as dvc.yaml defines them, tracked in MLflow as one parent run (the comparison of latent
-grids) with one child run per grid point.
+grids) with one child run per grid point; the best point's decoder, when it trained, is registered
+and may become the champion (tasks/champion.py).
 
     python -m flows.vae [--profile quick]
 """
@@ -16,11 +17,13 @@ from prefect import flow, task
 from flows.cli import REPO_ROOT, run_cli
 from flows.registry import TECHNIQUES
 from flows.technique_run import raise_if_failed, technique_run
-from tasks import grid, storage
+from tasks import champion, grid, storage
 from tasks.vae import log
 from tasks.vae.params import VaePaths
 
 log_training = task(log.log_training, name="log-training")
+log_serving_model = task(log.log_serving_model, name="log-serving-model")
+promote = task(champion.promote, name="champion", retries=2, retry_delay_seconds=5)
 log_samples = task(log.log_samples, name="log-samples")
 
 
@@ -41,18 +44,26 @@ def vae_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, An
     """
     root = Path(root).resolve()
     paths = storage.under(root, VaePaths())
-    with technique_run(TECHNIQUES["vae"], profile, root) as run:
+    technique = TECHNIQUES["vae"]
+    with technique_run(technique, profile, root) as run:
         run.run_stages(through="vae_train")
         child_run_ids = log_training(run.run_id, run.experiment_id, paths)
+        trained = "vae_train" in run.stages_run
+        candidate = log_serving_model(child_run_ids, paths) if trained else None
+        decision = promote(
+            technique.name, technique.champion, run.run_id, run.params, root, trained, candidate
+        )
         run.run_stages(through="vae_sample")
         log_samples(run.run_id, child_run_ids, paths)
         points = grid.read_points(paths.training / "points.json")
         sample_metrics = json.loads(paths.sample_metrics.read_text())
+        summary = summarize(points, sample_metrics, paths, run.run_id, run.tracking_uri)
         result = run.publish(
-            summarize(points, sample_metrics, paths, run.run_id, run.tracking_uri),
+            f"{summary}\n{decision.summary()}",
             "vae-summary",
             child_run_ids=child_run_ids,
             metrics={p["name"]: {**p["metrics"], **sample_metrics.get(p["name"], {})} for p in points},
+            champion=decision.tags(),
         )
         raise_if_failed(points)
     return result

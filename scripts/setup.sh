@@ -13,6 +13,6 @@ wanted="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   echo "installing gendl and its dependencies into .venv (TensorFlow is large: a minute or two)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,offline]"
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,offline,team]"
   echo "$wanted" > "$stamp"
 fi

@@ -29,6 +29,8 @@ _BATCH_LIMIT = 100  # MLflow accepts at most 100 params or tags per log_batch ca
 class TrackingParams(Params):
     uri: str  # "" = sqlite store in <repo>/mlflow/; env MLFLOW_TRACKING_URI wins
     experiment_prefix: str = pydantic.Field(min_length=1)  # experiments are <prefix>-<technique>
+    # A new version becomes champion only if its metric is better by this share (0.01 = 1%).
+    promotion_margin: float = pydantic.Field(ge=0.0, lt=1.0, allow_inf_nan=False)
 
 
 def resolve_tracking_uri(configured: str, root: Path) -> str:
@@ -126,20 +128,32 @@ def log_metric_rows(
 
 
 def log_keras_model(run_id: str, path: Path, name: str = "model", **kwargs) -> str:
-    """Log the Keras model saved at `path` on run `run_id` (keras flavor); returns its model URI,
-    also tagged on the run as `<name>_uri`.
-
-    Idempotent: the logged model carries the file's md5 (DVC's hash of it) as tag `gendl.md5`, and
-    when the run's experiment already holds a model of this name and md5 nothing is uploaded: the
-    run points at that model instead (`<name>_uri`, `<name>_reused_from_run`). So a flow run whose
-    training stage DVC skipped does not log the same weights again; one that trained logs the new
-    file. The requirements are the installed keras, tensorflow and numpy: MLflow would otherwise
-    infer them by loading the model in a fresh interpreter, ~5 s per model.
-    """
+    """Log the Keras model saved at `path` on run `run_id` (keras flavor), once per file content
+    (see `log_model_once`); returns its model URI. The requirements are the installed keras,
+    tensorflow and numpy: MLflow would otherwise infer them by loading the model in a fresh
+    interpreter, ~5 s per model."""
     import keras
     import mlflow.keras  # flavor module; imported here to keep module import light
 
-    md5 = md5_of(path)
+    kwargs.setdefault(
+        "pip_requirements",
+        [f"{package}=={importlib.metadata.version(package)}" for package in ("keras", "tensorflow", "numpy")],
+    )
+    logged = log_model_once(
+        run_id, name, md5_of(path), flavor=mlflow.keras, model=keras.models.load_model(path), **kwargs
+    )
+    return logged.model_uri
+
+
+def log_model_once(run_id: str, name: str, md5: str, flavor, **kwargs):
+    """Log a model named `name` on run `run_id` with `mlflow.models.Model.log(flavor=..., **kwargs)`,
+    unless the run's experiment already holds one of that name and content (`md5` of its files, tag
+    `gendl.md5`): then nothing is uploaded and the run points at that one. Either way the run is
+    tagged `<name>_uri` (and `<name>_reused_from_run` when reused). Returns the LoggedModel.
+
+    So a flow run whose training stage DVC skipped does not log the same weights again; one that
+    trained logs the new files.
+    """
     experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
     existing = [
         model
@@ -151,28 +165,17 @@ def log_keras_model(run_id: str, path: Path, name: str = "model", **kwargs) -> s
         if str(model.status) in ("READY", "LoggedModelStatus.READY")
     ]
     if existing:
-        uri = existing[0].model_uri
-        set_tags(run_id, {f"{name}_uri": uri, f"{name}_reused_from_run": existing[0].source_run_id})
-        return uri
-    kwargs.setdefault(
-        "pip_requirements",
-        [f"{package}=={importlib.metadata.version(package)}" for package in ("keras", "tensorflow", "numpy")],
-    )
+        set_tags(run_id, {f"{name}_uri": existing[0].model_uri, f"{name}_reused_from_run": existing[0].source_run_id})
+        return existing[0]
     # Created here with the run's experiment: Model.log alone would file it under the active one.
     logged_model = mlflow.initialize_logged_model(
         name=name, source_run_id=run_id, experiment_id=experiment_id, tags={"gendl.md5": md5}
     )
     info = mlflow.models.Model.log(
-        artifact_path=None,
-        name=name,
-        flavor=mlflow.keras,
-        model=keras.models.load_model(path),
-        run_id=run_id,
-        model_id=logged_model.model_id,
-        **kwargs,
+        artifact_path=None, name=name, flavor=flavor, run_id=run_id, model_id=logged_model.model_id, **kwargs
     )
     set_tags(run_id, {f"{name}_uri": info.model_uri})
-    return info.model_uri
+    return mlflow.get_logged_model(logged_model.model_id)
 
 
 def md5_of(path: Path) -> str:

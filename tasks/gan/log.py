@@ -1,4 +1,5 @@
-"""What the GAN's steps leave goes to MLflow (called by the flow; no DVC stage imports this)."""
+"""What the GAN's steps leave goes to MLflow (called by the flow; no DVC stage imports this): one
+child run per grid point, and the best generator as a pyfunc image generator for the model registry."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 import mlflow
 from PIL import Image
 
-from tasks import grid, storage, tracking
+from tasks import champion, grid, image_serving, storage, tracking
+from tasks.gan import serving
 from tasks.gan.params import GanPaths
 from tasks.image_data import read_summary
 
@@ -43,6 +45,31 @@ def log_training(parent_run_id: str, experiment_id: str, paths: GanPaths) -> dic
     if (paths.training / "comparison.png").is_file():
         client.log_artifact(parent_run_id, str(paths.training / "comparison.png"))
     return child_ids
+
+
+def log_serving_model(child_run_ids: dict[str, str], paths: GanPaths) -> champion.Candidate | None:
+    """Of every point that did not fail, its better generator (raw or moving average, by Frechet
+    distance); the best of those as a pyfunc image generator (num_images and a seed, or latent points
+    -> PNG images) on its child run: the registry's candidate. None if no generator has a finite
+    Frechet distance."""
+    choices = []
+    for point in grid.read_points(paths.training / "points.json"):
+        stem, score = serving.best_generator(point["metrics"])
+        path = paths.models / point["name"] / f"{stem}.keras"
+        if not point["failure"] and math.isfinite(score) and path.is_file():
+            choices.append((score, point, stem, path))
+    if not choices:
+        return None
+    score, best, stem, path = min(choices, key=lambda choice: choice[0])
+    model, md5 = champion.log_pyfunc_model(
+        child_run_ids[best["name"]],
+        image_serving.LatentImages(),
+        {"model": path},
+        signature=image_serving.SIGNATURE,
+        input_example=image_serving.INPUT_EXAMPLE,
+    )
+    label = f"{best['label']}, {stem}"
+    return champion.Candidate(model.model_id, model.source_run_id, md5, score, label=label)
 
 
 def log_point(

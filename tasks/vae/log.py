@@ -1,6 +1,7 @@
 """What the VAE's steps leave, logged to MLflow by the flow (no DVC stage imports this module, so
 changing it re-runs nothing): one child run per grid point with its losses per epoch, its encoder
-and decoder and its latent-space images; the comparison of latent grids on the parent run."""
+and decoder and its latent-space images; the comparison of latent grids on the parent run; the best
+point's decoder as a pyfunc image generator for the model registry."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from tasks import grid, tracking
+from tasks import champion, grid, image_serving, tracking
 from tasks.image_data import read_summary
 from tasks.training import read_history
 from tasks.vae.params import VaePaths
@@ -40,7 +41,7 @@ def log_training(parent_run_id: str, experiment_id: str, paths: VaePaths) -> dic
                 for row in read_history(paths.training / f"{result['name']}.csv")
             ]
             tracking.log_metric_rows(run_id, rows, step_key="epoch")
-            tracking.log_metrics(run_id, metrics)
+            tracking.log_metrics(run_id, {**metrics, "test_negative_elbo": negative_elbo(metrics)})
             folder = paths.models / result["name"]
             if (folder / "decoder.keras").is_file():
                 latent = TensorSpec(np.dtype("float32"), (-1, point["latent_dim"]), "z")
@@ -66,6 +67,35 @@ def log_training(parent_run_id: str, experiment_id: str, paths: VaePaths) -> dic
         parent_run_id, {"best_test_total_loss": min(filter(math.isfinite, test_losses), default=math.nan)}
     )
     return child_ids
+
+
+def negative_elbo(metrics: dict[str, Any]) -> float:
+    """-ELBO per image of the test split, reconstruction + KL: the total loss at beta = 1, so points
+    trained with different betas compare on one scale (their total losses weight the KL differently)."""
+    return metrics["test_reconstruction_loss"] + metrics["test_kl_loss"]
+
+
+def log_serving_model(child_run_ids: dict[str, str], paths: VaePaths) -> champion.Candidate | None:
+    """The decoder of the point with the lowest test -ELBO, as a pyfunc image generator (num_images
+    and a seed, or latent points -> PNG images) on its child run: the registry's candidate. None if
+    no point finished with a finite one."""
+    scored = [
+        (negative_elbo(point["metrics"]), point)
+        for point in grid.read_points(paths.training / "points.json")
+        if not point["failure"] and (paths.models / point["name"] / "decoder.keras").is_file()
+    ]
+    scored = [(score, point) for score, point in scored if math.isfinite(score)]
+    if not scored:
+        return None
+    score, best = min(scored, key=lambda item: item[0])
+    model, md5 = champion.log_pyfunc_model(
+        child_run_ids[best["name"]],
+        image_serving.LatentImages(),
+        {"model": paths.models / best["name"] / "decoder.keras"},
+        signature=image_serving.SIGNATURE,
+        input_example=image_serving.INPUT_EXAMPLE,
+    )
+    return champion.Candidate(model.model_id, model.source_run_id, md5, score, label=best["label"])
 
 
 def _metric_name(history_key: str) -> str:

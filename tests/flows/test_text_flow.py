@@ -134,7 +134,10 @@ def test_rerun_skips_up_to_date_stages_and_sampling_change_reruns_only_sampling(
     first_tags, again_tags = client.get_run(first["run_id"]).data.tags, client.get_run(again["run_id"]).data.tags
     assert again_tags["model_uri"] == first_tags["model_uri"]
     assert again_tags["model_reused_from_run"] == first["run_id"]
-    assert len(mlflow.search_logged_models([first["experiment_id"]], output_format="list")) == 1
+    # The Keras model and its pyfunc generator for the registry ("serving"), each logged once.
+    logged = mlflow.search_logged_models([first["experiment_id"]], output_format="list")
+    assert sorted(model.name for model in logged) == ["model", "serving"]
+    assert again_tags["champion.outcome"] == "not registered"
     assert mlflow.MlflowClient().get_run(again["run_id"]).data.metrics[
         "train.best_val_loss"
     ] == pytest.approx(first["train_metrics"]["best_val_loss"])

@@ -17,7 +17,6 @@ from tasks.params import (
     PARAMS_BACKUP,
     ParamsError,
     applied_profile,
-    checkout_lock,
     load_params,
     overlay,
     parse_section,

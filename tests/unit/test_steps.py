@@ -3,7 +3,6 @@ command line every stage runs."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from tasks import steps

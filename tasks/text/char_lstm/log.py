@@ -1,18 +1,21 @@
 """What the char-LSTM's steps wrote, logged to MLflow (called by the flow, never by a stage): the
-training history, per-epoch samples and model on the parent run, one child run per temperature."""
+training history, per-epoch samples and model on the parent run, one child run per temperature, and
+the trained model as a pyfunc text generator for the model registry."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import mlflow
 import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from tasks import tracking
+from tasks import champion, tracking
+from tasks.text.char_lstm import serving
 from tasks.text.char_lstm.params import TextPaths
-from tasks.text.corpus import read_vocabulary
+from tasks.text.corpus import corpus_seed, load_prepared, read_vocabulary
 from tasks.training import read_history
 
 
@@ -82,3 +85,22 @@ def log_samples(parent_run_id: str, experiment_id: str, paths: TextPaths) -> lis
     metrics = json.loads(paths.sample_metrics.read_text())
     tracking.log_metrics(parent_run_id, {"sample.chars_per_second": metrics["chars_per_second"]})
     return child_ids
+
+
+def log_serving_model(run_id: str, paths: TextPaths) -> champion.Candidate:
+    """The trained model and its vocabulary as a pyfunc text generator (prompt, temperature, length
+    -> text) on the parent run: the registry's candidate, scored by its best validation loss (NaN
+    without a validation split: then it never becomes champion)."""
+    vocabulary, train_ids, _ = load_prepared(paths.prepared)
+    prompt = corpus_seed(train_ids, vocabulary, min(20, len(train_ids) - 1), seed=0)
+    model, md5 = champion.log_pyfunc_model(
+        run_id,
+        serving.CharLstmGenerator(),
+        {"model": paths.model, "vocabulary": paths.prepared / "vocabulary.json"},
+        signature=serving.SIGNATURE,
+        input_example=serving.input_example(prompt),
+    )
+    metrics = json.loads(paths.train_metrics.read_text())
+    return champion.Candidate(
+        model.model_id, model.source_run_id, md5, float(metrics.get("best_val_loss", math.nan))
+    )

@@ -1,0 +1,264 @@
+"""The team stack's services (scripts/team.sh) on 127.0.0.1, free ports and a temporary folder:
+PostgreSQL, the MLflow server with proxied artifacts, the Prefect server with the `gendl` work
+pool and its workers, stop and start again with everything kept."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+TEAM_SH = REPO_ROOT / "scripts" / "team.sh"
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+NUM_WORKERS = 2
+SERVICES = ["postgres", "mlflow", "prefect"] + [f"worker-{index}" for index in range(1, NUM_WORKERS + 1)]
+
+if not (any(Path("/usr/lib/postgresql").glob("*/bin/initdb")) or shutil.which("initdb")):
+    pytest.skip(
+        "PostgreSQL server binaries (initdb) are not installed: `apt-get install postgresql` "
+        "(.ci/run does it on CI)",
+        allow_module_level=True,
+    )
+
+
+@dataclasses.dataclass
+class Stack:
+    directory: Path
+    pg_port: int
+    mlflow_port: int
+    prefect_port: int
+    start_seconds: float
+    logged: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def prefect_api(self) -> str:
+        return f"http://127.0.0.1:{self.prefect_port}/api"
+
+
+def team(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    # The test's own environment must not point the stack or its clients anywhere else.
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("MLFLOW_", "PREFECT_", "GENDL_"))
+    }
+    return subprocess.run(
+        ["bash", str(TEAM_SH), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT
+    )
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def api(url: str, body: object | None = None) -> object:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def status_lines(stack: Stack) -> tuple[int, dict[str, str]]:
+    result = team("status", "--dir", str(stack.directory), timeout=60)
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    return result.returncode, lines
+
+
+def online_workers(stack: Stack) -> list[str]:
+    workers = api(f"{stack.prefect_api}/work_pools/gendl/workers/filter", body={})
+    return sorted(worker["name"] for worker in workers if worker["status"] == "ONLINE")
+
+
+def worker_pids(stack: Stack) -> list[int]:
+    return [
+        int((stack.directory / "run" / f"worker-{index}.pid").read_text())
+        for index in range(1, NUM_WORKERS + 1)
+    ]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    # Under /tmp (not pytest's 0700 tmp root): as root the cluster runs as the postgres user.
+    directory = Path(tempfile.mkdtemp(prefix="gendl-team-"))
+    pg_port, mlflow_port, prefect_port = free_ports(3)
+    try:
+        began = time.monotonic()
+        ports = ["--pg-port", str(pg_port), "--mlflow-port", str(mlflow_port)]
+        ports += ["--prefect-port", str(prefect_port)]
+        result = team("start", "--dir", str(directory), "--workers", str(NUM_WORKERS), *ports)
+        assert result.returncode == 0, result.stdout + result.stderr
+        yield Stack(directory, pg_port, mlflow_port, prefect_port, time.monotonic() - began)
+    finally:
+        team("stop", "--dir", str(directory), timeout=120)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_status_says_all_running_and_env_points_at_the_stack(stack: Stack) -> None:
+    code, lines = status_lines(stack)
+    assert code == 0, lines
+    for service in SERVICES:
+        assert " running " in lines[service], lines
+    assert " ready " in lines["dvc-remote"]
+
+    exports = team("env", "--dir", str(stack.directory)).stdout.splitlines()
+    assert exports == [
+        f"export MLFLOW_TRACKING_URI={stack.mlflow_url}",
+        f"export PREFECT_API_URL={stack.prefect_api}",
+        f"export GENDL_DVC_REMOTE={stack.directory / 'dvc-remote'}",
+        f"export GENDL_TEAM_DIR={stack.directory}",
+    ]
+    assert (stack.directory / "dvc-remote").is_dir()
+    assert f"GENDL_TEAM_MLFLOW_PORT={stack.mlflow_port}" in (stack.directory / "team.env").read_text()
+
+
+def test_prefect_server_has_the_gendl_process_pool_with_workers_online(stack: Stack) -> None:
+    assert api(f"{stack.prefect_api}/health") is True
+    pool = api(f"{stack.prefect_api}/work_pools/gendl")
+    assert pool["type"] == "process"
+    assert len(online_workers(stack)) == NUM_WORKERS
+
+
+def test_workers_run_the_venv_inside_the_team_folder(stack: Stack) -> None:
+    for index, pid in enumerate(worker_pids(stack), start=1):
+        assert Path(f"/proc/{pid}/cwd").resolve() == (stack.directory / "workers" / str(index)).resolve()
+        environ = dict(
+            entry.split("=", 1)
+            for entry in Path(f"/proc/{pid}/environ").read_text().split("\0")
+            if "=" in entry
+        )
+        assert Path(environ["PATH"].split(os.pathsep)[0]).resolve() == VENV_BIN.resolve()
+        assert environ["PREFECT_RUNNER_AUTO_INSTALL_DEPENDENCIES"] == "false"
+        assert environ["MLFLOW_TRACKING_URI"] == stack.mlflow_url
+        assert environ["PREFECT_API_URL"] == stack.prefect_api
+        assert environ["GENDL_DVC_REMOTE"] == str(stack.directory / "dvc-remote")
+        assert "PGPASSFILE" not in environ
+
+
+def test_mlflow_server_logs_a_run_and_proxies_its_artifact(stack: Stack, tmp_path: Path) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=stack.mlflow_url)
+    experiment_id = client.create_experiment("team-services-test")
+    assert client.get_experiment(experiment_id).artifact_location.startswith("mlflow-artifacts:")
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_param(run_id, "learning_rate", "0.01")
+    client.log_metric(run_id, "loss", 0.25, step=3)
+    note = tmp_path / "note.txt"
+    note.write_text("logged through the tracking server\n")
+    client.log_artifact(run_id, str(note))
+    client.set_terminated(run_id)
+
+    stored = list((stack.directory / "mlflow-artifacts").rglob("note.txt"))
+    assert len(stored) == 1 and run_id in stored[0].parts, stored
+    (tmp_path / "download").mkdir()  # read back through the server, not from the folder
+    downloaded = Path(client.download_artifacts(run_id, "note.txt", str(tmp_path / "download")))
+    assert downloaded.read_text() == note.read_text()
+    stack.logged.update(run_id=run_id, note=note.read_text())
+
+
+def test_the_database_password_stays_secret(stack: Stack) -> None:
+    password_file = stack.directory / "secrets" / "db_password"
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    password = password_file.read_text().strip()
+    assert len(password) >= 32
+
+    for entry in Path("/proc").iterdir():  # on no command line `ps` shows
+        if entry.name.isdigit():
+            try:
+                assert password not in (entry / "cmdline").read_bytes().decode(errors="replace")
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                pass
+    roots = [(REPO_ROOT, {".venv", ".git"}), (stack.directory, {"secrets", "postgres"})]
+    for root, skipped in roots:  # in no file of the repo, nor of the stack's folder but secrets/
+        for folder, subfolders, files in os.walk(root):
+            if Path(folder) == root:
+                subfolders[:] = [name for name in subfolders if name not in skipped]
+            for name in files:
+                path = Path(folder) / name
+                if path.is_file() and path.stat().st_size < 5_000_000:
+                    assert password.encode() not in path.read_bytes(), path
+
+
+def test_start_again_only_reports_status(stack: Stack) -> None:
+    result = team("start", "--dir", str(stack.directory), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "already running" in result.stdout
+    assert result.stdout.count(" running ") == len(SERVICES)
+
+
+def test_a_taken_port_is_named_in_one_line(stack: Stack) -> None:
+    other = Path(tempfile.mkdtemp(prefix="gendl-team-other-"))
+    try:
+        result = team("start", "--dir", str(other), "--pg-port", str(stack.mlflow_port), timeout=60)
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"port {stack.mlflow_port} on 127.0.0.1 is already in use" in result.stderr
+    assert "--pg-port" in result.stderr
+
+
+def test_stop_then_start_keeps_runs_and_artifacts(stack: Stack, tmp_path: Path) -> None:
+    import mlflow
+
+    assert stack.logged, "needs the run logged by test_mlflow_server_logs_a_run_and_proxies_its_artifact"
+    stopped = team("stop", "--dir", str(stack.directory), timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    code, lines = status_lines(stack)
+    assert code != 0
+    for service in SERVICES:
+        assert " stopped " in lines[service], lines
+    for port in (stack.pg_port, stack.mlflow_port, stack.prefect_port):
+        assert not listening(port), port
+
+    # As after an MLflow version bump: the next start migrates the schema first.
+    (stack.directory / "mlflow-schema").write_text("0.0.1\n")
+    began = time.monotonic()
+    restarted = team("start", "--dir", str(stack.directory))
+    restart_seconds = time.monotonic() - began
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert "mlflow db upgrade" in restarted.stdout
+    assert status_lines(stack)[0] == 0
+    assert len(online_workers(stack)) == NUM_WORKERS
+
+    client = mlflow.MlflowClient(tracking_uri=stack.mlflow_url)
+    run = client.get_run(stack.logged["run_id"])
+    assert run.data.params == {"learning_rate": "0.01"}
+    assert run.data.metrics == {"loss": 0.25}
+    (tmp_path / "again").mkdir()
+    downloaded = client.download_artifacts(stack.logged["run_id"], "note.txt", str(tmp_path / "again"))
+    assert Path(downloaded).read_text() == stack.logged["note"]
+    print(f"team stack: first start {stack.start_seconds:.1f} s, restart {restart_seconds:.1f} s")
