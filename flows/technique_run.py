@@ -5,25 +5,28 @@ the run FAILED if a grid point failed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from prefect import get_run_logger, runtime
+from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.registry import Technique, validate
-from tasks import grid, tracking
+from tasks import champion, grid, tracking
 from tasks.params import applied_profile
 from tasks.pipeline import push_outputs, run_stage, stage_retries, team_remote
 from tasks.training import TrainingFailed
 
+promote = task(champion.promote, name="champion", retries=2, retry_delay_seconds=5)
+
 
 @dataclass
 class TechniqueRun:
+    technique: Technique
     root: Path
     params: dict[str, Any]  # params.yaml with the profile applied: what the stages read
     stages: tuple[str, ...]  # this technique's stages, in the order they run
@@ -32,7 +35,6 @@ class TechniqueRun:
     tracking_uri: str
     remote: str | None = None  # the team's DVC remote (URL) the stages pull from and the flow pushes to
     stages_run: list[str] = field(default_factory=list)  # stages whose command ran (not skipped or restored)
-
     stages_done: list[str] = field(default_factory=list)
 
     def run_stages(self, through: str) -> None:
@@ -47,6 +49,16 @@ class TechniqueRun:
             if task(name, self.root, pull=self.remote is not None):
                 self.stages_run.append(name)
             self.stages_done.append(name)
+
+    def promote(self, log_candidate: Callable[..., champion.Candidate | None], *args: Any) -> champion.Decision:
+        """After the training stage and its logging: when it ran, log the trained model as a pyfunc
+        generator (`log_candidate(*args)`, a Prefect task) and register it; decide on the champion
+        (tasks/champion.py)."""
+        trained = f"{self.technique.name}_train" in self.stages_run
+        candidate = task(log_candidate, name="log-serving-model")(*args) if trained else None
+        return promote(
+            self.technique.name, self.technique.champion, self.run_id, self.params, self.root, trained, candidate
+        )
 
     def publish(self, summary: str, artifact_key: str, **results: Any) -> dict[str, Any]:
         """Log the flow's markdown summary, keep it as a Prefect artifact, return the flow's result."""
@@ -121,7 +133,7 @@ def technique_run(technique: Technique, profile: str | None, root: Path) -> Iter
             },
         ) as parent:
             run = TechniqueRun(
-                root, params, technique.stages, parent.info.run_id, experiment_id, tracking_uri, remote
+                technique, root, params, technique.stages, parent.info.run_id, experiment_id, tracking_uri, remote
             )
             # Under a worker both are the flow run's clone (an editable install must not win).
             logger.info("workspace %s, flow code %s", root, Path(__file__).resolve().parent.parent)

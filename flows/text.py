@@ -17,13 +17,11 @@ from prefect import flow, task
 from flows.cli import REPO_ROOT, run_cli
 from flows.registry import TECHNIQUES
 from flows.technique_run import technique_run
-from tasks import champion, storage
+from tasks import storage
 from tasks.text.char_lstm import log
 from tasks.text.char_lstm.params import TextPaths
 
 log_training = task(log.log_training, name="log-training")
-log_serving_model = task(log.log_serving_model, name="log-serving-model")
-promote = task(champion.promote, name="champion", retries=2, retry_delay_seconds=5)
 log_samples = task(log.log_samples, name="log-samples")
 
 
@@ -40,15 +38,10 @@ def text_generation(profile: str | None = None, root: Path = REPO_ROOT) -> dict[
     """
     root = Path(root).resolve()
     paths = storage.under(root, TextPaths())
-    technique = TECHNIQUES["text"]
-    with technique_run(technique, profile, root) as run:
+    with technique_run(TECHNIQUES["text"], profile, root) as run:
         run.run_stages(through="text_train")
         train_metrics = log_training(run.run_id, paths)
-        trained = "text_train" in run.stages_run
-        candidate = log_serving_model(run.run_id, paths) if trained else None
-        decision = promote(
-            technique.name, technique.champion, run.run_id, run.params, root, trained, candidate
-        )
+        decision = run.promote(log.log_serving_model, run.run_id, paths)
         run.run_stages(through="text_sample")
         child_run_ids = log_samples(run.run_id, run.experiment_id, paths)
     summary = summarize(paths, train_metrics, run.run_id, run.tracking_uri)

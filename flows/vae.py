@@ -17,13 +17,11 @@ from prefect import flow, task
 from flows.cli import REPO_ROOT, run_cli
 from flows.registry import TECHNIQUES
 from flows.technique_run import raise_if_failed, technique_run
-from tasks import champion, grid, storage
+from tasks import grid, storage
 from tasks.vae import log
 from tasks.vae.params import VaePaths
 
 log_training = task(log.log_training, name="log-training")
-log_serving_model = task(log.log_serving_model, name="log-serving-model")
-promote = task(champion.promote, name="champion", retries=2, retry_delay_seconds=5)
 log_samples = task(log.log_samples, name="log-samples")
 
 
@@ -44,15 +42,10 @@ def vae_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, An
     """
     root = Path(root).resolve()
     paths = storage.under(root, VaePaths())
-    technique = TECHNIQUES["vae"]
-    with technique_run(technique, profile, root) as run:
+    with technique_run(TECHNIQUES["vae"], profile, root) as run:
         run.run_stages(through="vae_train")
         child_run_ids = log_training(run.run_id, run.experiment_id, paths)
-        trained = "vae_train" in run.stages_run
-        candidate = log_serving_model(child_run_ids, paths) if trained else None
-        decision = promote(
-            technique.name, technique.champion, run.run_id, run.params, root, trained, candidate
-        )
+        decision = run.promote(log.log_serving_model, child_run_ids, paths)
         run.run_stages(through="vae_sample")
         log_samples(run.run_id, child_run_ids, paths)
         points = grid.read_points(paths.training / "points.json")

@@ -28,13 +28,8 @@ PARAMS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    """A Prefect test server: the promotion lock is a Prefect global concurrency limit."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+# The promotion lock is a Prefect global concurrency limit: these tests use the session's Prefect
+# test server (tests/flows/conftest.py).
 
 
 @pytest.fixture
