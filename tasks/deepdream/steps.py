@@ -133,14 +133,20 @@ def summarize(results: Sequence[dict[str, Any]], num_octave: int) -> dict[str, A
     return metrics
 
 
-def dream(root: Path) -> None:
-    """The `dream` step."""
-    params, runtime = load(root)
+def dream_with(
+    paths: DeepDreamPaths, params: DeepDreamParams, runtime: RuntimeParams, weights: str = "pretrained"
+) -> list[dict[str, Any]]:
+    """`dream_settings` with the fields of a params section, as the `dream` step runs it."""
     knobs = params.model_dump(
         include={"backbone", "tile_size", "num_octave", "octave_scale", "iterations", "step", "max_loss"}
     )
-    dream_settings(storage.under(root, DeepDreamPaths()), all_settings(params), **knobs, runtime=runtime)
+    return dream_settings(paths, all_settings(params), **knobs, runtime=runtime, weights=weights)
 
+
+def dream(root: Path) -> None:
+    """The `dream` step."""
+    params, runtime = load(root)
+    dream_with(storage.under(root, DeepDreamPaths()), params, runtime)
 
 if __name__ == "__main__":
     sys.exit(run_steps({"dream": dream}, __doc__))

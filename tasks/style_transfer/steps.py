@@ -151,11 +151,12 @@ def _remove(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
-def stylize(root: Path) -> None:
-    """The `stylize` step."""
-    params, runtime = load(root)
-    stylize_grid(
-        storage.under(root, StyleTransferPaths()),
+def stylize_with(
+    paths: StyleTransferPaths, params: StyleTransferParams, runtime: RuntimeParams, weights: str = "pretrained"
+) -> list[dict[str, Any]]:
+    """`stylize_grid` with the fields of a params section, as the `stylize` step runs it."""
+    return stylize_grid(
+        paths,
         grid_points(params),
         style_images=params.style_images,
         backbone=params.backbone,
@@ -169,8 +170,14 @@ def stylize(root: Path) -> None:
         adam=params.adam,
         lbfgs=params.lbfgs,
         runtime=runtime,
+        weights=weights,
     )
 
+
+def stylize(root: Path) -> None:
+    """The `stylize` step."""
+    params, runtime = load(root)
+    stylize_with(storage.under(root, StyleTransferPaths()), params, runtime)
 
 if __name__ == "__main__":
     sys.exit(run_steps({"stylize": stylize}, __doc__))

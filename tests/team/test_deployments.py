@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,9 +25,8 @@ from flows.registry import TECHNIQUES
 from tests.conftest import REPO_ROOT
 from tests.flows.conftest import GIT, make_repo_copy
 from tests.model_server import invoke, model_server
+from tests.team.helpers import clean_env, free_ports, team
 
-TEAM_SH = REPO_ROOT / "scripts" / "team.sh"
-VENV_BIN = Path(sys.executable).parent
 TEXT_DEPLOYMENT = "text-generation/text"
 TEXT_STAGES = list(TECHNIQUES["text"].stages)
 # Printed by the stage command itself (a line the test adds to the repo copy's text data step), so
@@ -152,28 +149,6 @@ class TriggeredRun:
     logs: list[str]
     mlflow_run: object  # the MLflow parent run (mlflow.entities.Run)
 
-
-def clean_env() -> dict[str, str]:
-    """This environment without MLflow, Prefect or team settings, the venv first on PATH."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("MLFLOW_", "PREFECT_", "GENDL_"))}
-    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
-    return env
-
-
-def team(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(TEAM_SH), *args], capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=REPO_ROOT
-    )
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def dvc(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

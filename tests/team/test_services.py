@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 import urllib.request
@@ -19,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.team.helpers import VENV_BIN, free_ports, team
 
 pytestmark = pytest.mark.slow
 
-TEAM_SH = REPO_ROOT / "scripts" / "team.sh"
-VENV_BIN = REPO_ROOT / ".venv" / "bin"
 NUM_WORKERS = 2
 SERVICES = ["postgres", "mlflow", "prefect"] + [f"worker-{index}" for index in range(1, NUM_WORKERS + 1)]
 
@@ -53,26 +51,6 @@ class Stack:
         return f"http://127.0.0.1:{self.prefect_port}/api"
 
 
-def team(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    # The test's own environment must not point the stack or its clients anywhere else.
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("MLFLOW_", "PREFECT_", "GENDL_"))
-    }
-    return subprocess.run(
-        ["bash", str(TEAM_SH), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT
-    )
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def listening(port: int) -> bool:

@@ -29,7 +29,7 @@ from tasks.deepdream.model import (
     tiled_loss_and_grads,
 )
 from tasks.deepdream.params import DeepDreamParams, DeepDreamPaths
-from tasks.deepdream.steps import all_settings, draw_random_settings, dream_settings, setting_name
+from tasks.deepdream.steps import all_settings, draw_random_settings, dream_with, setting_name
 from tasks.params import ParamsError, load_params, parse_section
 from tasks.runtime import RuntimeParams
 
@@ -544,20 +544,8 @@ def step_params(repo_params: dict, **overrides) -> DeepDreamParams:
 def dream_params(
     paths: DeepDreamPaths, params: DeepDreamParams, runtime: RuntimeParams, weights: str = "pretrained"
 ) -> list[dict]:
-    """dream_settings with the fields of a params section, as the dream step calls it."""
-    return dream_settings(
-        paths,
-        all_settings(params),
-        backbone=params.backbone,
-        tile_size=params.tile_size,
-        num_octave=params.num_octave,
-        octave_scale=params.octave_scale,
-        iterations=params.iterations,
-        step=params.step,
-        max_loss=params.max_loss,
-        runtime=runtime,
-        weights=weights,
-    )
+    """The dream step's work on a params section."""
+    return dream_with(paths, params, runtime, weights)
 
 
 @pytest.fixture

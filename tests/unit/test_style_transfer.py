@@ -51,7 +51,7 @@ from tasks.style_transfer.params import (
     StyleTransferParams,
     StyleTransferPaths,
 )
-from tasks.style_transfer.steps import SINGLE_POINT_LABEL, grid_points, stylize_grid
+from tasks.style_transfer.steps import SINGLE_POINT_LABEL, grid_points, stylize_with
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEIGHT = 48  # test images are 48 pixels high: china is 48 x 72, the starry night 48 x 103
@@ -769,24 +769,8 @@ def fetch(paths: StyleTransferPaths, params: StyleTransferParams) -> None:
 
 
 def stylize_params(paths: StyleTransferPaths, params: StyleTransferParams) -> list[dict]:
-    """stylize_grid with the fields of a params section, as the stylize step calls it (random weights)."""
-    return stylize_grid(
-        paths,
-        grid_points(params),
-        style_images=params.style_images,
-        backbone=params.backbone,
-        content_layer=params.content_layer,
-        iterations=params.iterations,
-        num_scales=params.num_scales,
-        scale_ratio=params.scale_ratio,
-        preserve_color=params.preserve_color,
-        snapshot_every=params.snapshot_every,
-        sgd=params.sgd,
-        adam=params.adam,
-        lbfgs=params.lbfgs,
-        runtime=RUNTIME,
-        weights="random",
-    )
+    """The stylize step's work on a params section, with random weights."""
+    return stylize_with(paths, params, RUNTIME, weights="random")
 
 
 def test_fetch_images_stores_any_mode_as_rgb_at_the_shared_height(tmp_path, repo_params):
