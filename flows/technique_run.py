@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.registry import Technique, validate
 from tasks import champion, grid, tracking
 from tasks.params import applied_profile
-from tasks.pipeline import push_outputs, run_stage, stage_retries, team_remote
+from tasks.pipeline import pull_inputs, push_outputs, run_stage, stage_retries, team_remote
 from tasks.training import TrainingFailed
 
 promote = task(champion.promote, name="champion", retries=2, retry_delay_seconds=5)
@@ -140,6 +140,7 @@ def technique_run(technique: Technique, profile: str | None, root: Path) -> Iter
             logger.info("MLflow run %s in experiment %s (%s)", run.run_id, experiment_id, tracking_uri)
             if remote:
                 logger.info("DVC remote %s: stages restore what it holds, outputs are pushed after", remote)
+                pull_inputs(root, technique.name)
             tracking.log_params(run.run_id, {technique.name: params[technique.name], "runtime": params["runtime"]})
             try:
                 yield run

@@ -73,6 +73,7 @@ def stage_lock(root: Path, name: str) -> dict:
     return (parse_yaml(lock_path.read_text()) or {}).get("stages", {}).get(name, {})
 
 
+INPUTS = "inputs"  # the `.dvc`-tracked image folders (inputs/README.md)
 TEAM_REMOTE = "team"  # the shared DVC remote's name (scripts/team.sh, prefect.yaml's pull step)
 # What DVC prints when it runs a stage's command, and when it restores its outputs from the run-cache.
 _RUNNING_STAGE = "Running stage '{}':"
@@ -154,6 +155,31 @@ def run_stage(name: str, root: Path, pull: bool = False) -> bool:
         outcome = "up to date, skipped by DVC"
     logger.info("%s: %s", name, outcome)
     return ran
+
+
+@task(name="dvc-pull-inputs", retries=3, retry_delay_seconds=10)
+def pull_inputs(root: Path, technique: str, remote: str = TEAM_REMOTE) -> None:
+    """Check out the `.dvc`-tracked image folders under inputs/<technique>/ from remote `remote`
+    (I/O: retried); nothing to do for a technique without such a folder.
+
+    `dvc repro --pull --single-item` pulls what a stage restores, not the data sources its
+    dependencies are made of, so a fresh workspace gets them here, before its stages.
+    """
+    folder = f"{INPUTS}/{technique}"
+    if not (root / folder).is_dir():
+        return
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "pull", "-R", "-r", remote, folder],
+        cwd=root,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode != 0:
+        raise RuntimeError(f"dvc pull of {folder}/ from remote {remote!r} failed: {output}")
+    get_run_logger().info("dvc pull -R %s: %s", folder, output.splitlines()[-1] if output else "nothing tracked")
 
 
 @task(name="dvc-push", retries=3, retry_delay_seconds=10)

@@ -20,9 +20,11 @@ from tests.conftest import REPO_ROOT, TINY_TEXT
 GIT = ["git", "-c", "user.name=gendl-tests", "-c", "user.email=tests@gendl.invalid"]
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def prefect_server():
-    """One ephemeral Prefect server for the whole session (it takes 12-25 s to start)."""
+    """One ephemeral Prefect server for these tests (it takes 12-25 s to start). Stopped after them:
+    its threads draw from Python's global `random`, which seeds Keras's initializers, so a unit test
+    that builds the same model twice would get different weights while it runs."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):

@@ -1,21 +1,18 @@
-"""The deployments of prefect.yaml on the team stack (scripts/team.sh), end to end: deploy a tiny
-copy of this repo from a bare git repository, trigger the text deployment, and check that its flow
-run completes on a worker in its own clone, tracks into the MLflow server, shares its DVC outputs
-through the remote so that a teammate's clone and a second trigger run no stage.
+"""The deployments of prefect.yaml on the team stack (tests/team/conftest.py), end to end: deploy a
+tiny copy of this repo from a bare git repository, trigger the text deployment, and check that its
+flow run completes on a worker in its own clone, tracks into the MLflow server, shares its DVC
+outputs through the remote so that a teammate's clone and a second trigger run no stage, and that
+the champion alias moves only to a better model.
 
 Only the text technique runs, with tiny params, to stay within a few minutes on 2 cores."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,21 +20,12 @@ import yaml
 
 from flows.registry import TECHNIQUES
 from tests.conftest import REPO_ROOT
-from tests.flows.conftest import GIT, make_repo_copy
+from tests.flows.conftest import GIT
 from tests.model_server import invoke, model_server
-from tests.team.helpers import clean_env, free_ports, team
+from tests.team.conftest import STAGE_MARKER, Stack, TriggeredRun, dvc
+from tests.team.helpers import clean_env
 
-TEXT_DEPLOYMENT = "text-generation/text"
 TEXT_STAGES = list(TECHNIQUES["text"].stages)
-# Printed by the stage command itself (a line the test adds to the repo copy's text data step), so
-# the flow run's log shows which file the stage subprocess really imported.
-STAGE_MARKER = "gendl-test: stage code "
-RUN_TIMEOUT = 600  # seconds a triggered flow run may take (about a minute on an idle 2-core machine)
-
-needs_postgres = pytest.mark.skipif(
-    not (any(Path("/usr/lib/postgresql").glob("*/bin/initdb")) or shutil.which("initdb")),
-    reason="PostgreSQL server binaries (initdb) are not installed: `apt-get install postgresql`",
-)
 
 
 def load_prefect_yaml() -> dict:
@@ -125,148 +113,6 @@ def test_the_schedule_option_points_to_the_deployments():
     assert "scripts/team.sh deploy" in error and "Traceback" not in result.stderr
 
 
-# ---------------------------------------------------------------------------------------------
-# The stack, one per module: services on 127.0.0.1, free ports, a temporary folder
-
-
-@dataclasses.dataclass
-class Stack:
-    directory: Path
-    env: dict[str, str]  # what `scripts/team.sh env` exports, on top of a clean environment
-
-    @property
-    def mlflow_uri(self) -> str:
-        return self.env["MLFLOW_TRACKING_URI"]
-
-    @property
-    def remote(self) -> Path:
-        return Path(self.env["GENDL_DVC_REMOTE"])
-
-
-@dataclasses.dataclass
-class TriggeredRun:
-    flow_run: object  # prefect.client.schemas.objects.FlowRun
-    logs: list[str]
-    mlflow_run: object  # the MLflow parent run (mlflow.entities.Run)
-
-
-
-def dvc(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=root, env=env or clean_env(), capture_output=True, text=True
-    )
-    assert result.returncode == 0, f"dvc {' '.join(args)}: {result.stdout}{result.stderr}"
-    return result
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    # Under /tmp (not pytest's 0700 tmp root): as root the cluster runs as the postgres user.
-    directory = Path(tempfile.mkdtemp(prefix="gendl-team-deploy-"))
-    pg_port, mlflow_port, prefect_port = free_ports(3)
-    started = team(
-        "start", "--dir", str(directory), "--workers", "1", "--pg-port", str(pg_port),
-        "--mlflow-port", str(mlflow_port), "--prefect-port", str(prefect_port),
-    )  # fmt: skip
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        exported = team("env", "--dir", str(directory))
-        assert exported.returncode == 0, exported.stderr
-        env = clean_env()
-        for line in exported.stdout.splitlines():
-            name, _, value = line.removeprefix("export ").partition("=")
-            env[name] = value.strip("'\"")
-        yield Stack(directory, env)
-    finally:
-        stopped = team("stop", "--dir", str(directory), timeout=120)
-        shutil.rmtree(directory, ignore_errors=True)
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-
-
-@pytest.fixture(scope="module")
-def origin(tmp_path_factory) -> Path:
-    """A bare git repository holding this project with tiny params, as a team's shared repository."""
-    folder = tmp_path_factory.mktemp("git")
-    source = make_repo_copy(folder / "source")
-    data_step = source / "tasks" / "text" / "char_lstm" / "data.py"
-    main = 'if __name__ == "__main__":'
-    code = data_step.read_text()
-    assert code.count(main) == 1
-    data_step.write_text(code.replace(main, f'print("{STAGE_MARKER}" + __file__, flush=True)\n{main}'))
-    subprocess.run([*GIT, "commit", "-qam", "print where the text data step is imported from"], cwd=source, check=True)
-    bare = folder / "origin.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(source), str(bare)], check=True)
-    return bare
-
-
-@pytest.fixture(scope="module")
-def deployed(stack: Stack, origin: Path) -> Path:
-    """Deploy from a developer's clone of `origin` (scripts/deploy.sh, as `scripts/team.sh deploy`
-    runs it); returns that clone."""
-    checkout = origin.parent / "developer"
-    subprocess.run(["git", "clone", "-q", str(origin), str(checkout)], check=True)
-    result = subprocess.run(
-        ["bash", "scripts/deploy.sh"], cwd=checkout, env=stack.env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"of {origin} to {stack.env['PREFECT_API_URL']}" in result.stdout
-    return checkout
-
-
-def trigger(stack: Stack, deployment: str) -> TriggeredRun:
-    """Run `deployment` through the Prefect server and wait for its flow run to end."""
-    import mlflow
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: stack.env["PREFECT_API_URL"]}):
-        flow_run = run_deployment(deployment, timeout=RUN_TIMEOUT, poll_interval=2)
-        with get_client(sync_client=True) as client:
-            deadline = time.monotonic() + 60  # the engine sends its last log lines as it exits
-            while not finished(records := flow_run_logs(client, flow_run.id)) and time.monotonic() < deadline:
-                time.sleep(1)
-        logs = [record.message for record in records]
-    client = mlflow.MlflowClient(stack.mlflow_uri)
-    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
-    parents = client.search_runs(experiments, filter_string=f"tags.`prefect.flow_run_id` = '{flow_run.id}'")
-    assert flow_run.state.is_completed(), f"{flow_run.state}\n" + "\n".join(logs[-40:])
-    assert len(parents) == 1, parents
-    return TriggeredRun(flow_run, logs, parents[0])
-
-
-def flow_run_logs(client, flow_run_id) -> list:
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-    records = []
-    while batch := client.read_logs(log_filter=log_filter, limit=200, offset=len(records)):
-        records.extend(batch)
-    return records
-
-
-def finished(records: list) -> bool:
-    """Whether the flow run's own last line ("Finished in state ...", not a task run's) is in."""
-    return any(record.task_run_id is None and record.message.startswith("Finished in state") for record in records)
-
-
-@pytest.fixture(scope="module")
-def first(stack: Stack, deployed: Path) -> TriggeredRun:
-    return trigger(stack, TEXT_DEPLOYMENT)
-
-
-@pytest.fixture(scope="module")
-def second(stack: Stack, first: TriggeredRun) -> TriggeredRun:
-    return trigger(stack, TEXT_DEPLOYMENT)
-
-
-@pytest.fixture(scope="module")
-def mlflow_client(stack: Stack):
-    import mlflow
-
-    return mlflow.MlflowClient(stack.mlflow_uri)
-
-
 def workspace_of(run: TriggeredRun) -> Path:
     [line] = [line for line in run.logs if line.startswith("workspace ")]
     workspace, _, flow_code = line.removeprefix("workspace ").partition(", flow code ")
@@ -289,7 +135,6 @@ def stage_outcomes(run: TriggeredRun) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@needs_postgres
 def test_deploy_creates_every_deployment_at_the_commit_with_schedule_and_limit(stack: Stack, deployed: Path):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -312,7 +157,6 @@ def test_deploy_creates_every_deployment_at_the_commit_with_schedule_and_limit(s
 
 
 @pytest.mark.slow
-@needs_postgres
 def test_flow_run_completes_on_a_worker_in_its_own_clone(stack: Stack, deployed: Path, first: TriggeredRun):
     workspace = workspace_of(first)
     assert workspace.name == "workspace"  # prefect.yaml's clone_directory_name, in the worker's temp dir
@@ -330,7 +174,6 @@ def test_flow_run_completes_on_a_worker_in_its_own_clone(stack: Stack, deployed:
 
 
 @pytest.mark.slow
-@needs_postgres
 def test_mlflow_server_has_the_parent_and_child_runs_and_artifacts(mlflow_client, first: TriggeredRun, tmp_path):
     parent = first.mlflow_run
     assert parent.info.status == "FINISHED"
@@ -349,7 +192,6 @@ def test_mlflow_server_has_the_parent_and_child_runs_and_artifacts(mlflow_client
 
 
 @pytest.mark.slow
-@needs_postgres
 def test_a_teammates_clone_reproduces_from_the_remote_without_running_a_stage(
     stack: Stack, origin: Path, first: TriggeredRun, tmp_path
 ):
@@ -375,7 +217,6 @@ def test_a_teammates_clone_reproduces_from_the_remote_without_running_a_stage(
 
 
 @pytest.mark.slow
-@needs_postgres
 def test_a_second_trigger_runs_no_stage_and_uploads_no_model(
     mlflow_client, first: TriggeredRun, second: TriggeredRun
 ):
@@ -396,30 +237,37 @@ def test_a_second_trigger_runs_no_stage_and_uploads_no_model(
 
 
 @pytest.mark.slow
-@needs_postgres
-def test_champion_after_a_first_and_an_identical_second_trigger(mlflow_client, first, second):
-    check_champion(mlflow_client, first, second)
-
-
-def check_champion(mlflow_client, first: TriggeredRun, second: TriggeredRun) -> None:
-    """The first trigger registered a version and made it champion; the identical second trigger
-    (no stage ran) registered none and left the alias where it was; both decisions are tagged."""
-    first_tags, second_tags = first.mlflow_run.data.tags, second.mlflow_run.data.tags
-    name = first_tags["champion.registered_model"]
-    assert first_tags["champion.outcome"] == "promoted", first_tags["champion.reason"]
-    champion = mlflow_client.get_model_version_by_alias(name, "champion")
-    assert champion.version == first_tags["champion.version"]
-    assert champion.run_id == first.mlflow_run.info.run_id
-    assert mlflow_client.get_model_version_by_alias(name, "challenger").version == champion.version
-    assert second_tags["champion.outcome"] == "not registered"
-    assert second_tags["champion.champion_version"] == champion.version
-    assert [version.version for version in mlflow_client.search_model_versions(f"name = '{name}'")] == [
-        champion.version
-    ]
+def test_champion_set_by_the_first_run_kept_by_an_identical_one_moved_by_a_better_kept_by_a_worse(
+    mlflow_client, first, second, longer, shorter
+):
+    """The first trigger registers version 1 and makes it champion; the identical second (no stage
+    ran) registers nothing; a longer run (4 epochs, same data) validates better by more than the
+    margin and takes the alias; a shorter one (1 epoch) registers a challenger and leaves it."""
+    runs = {"first": first, "second": second, "longer": longer, "shorter": shorter}
+    tags = {run: triggered.mlflow_run.data.tags for run, triggered in runs.items()}
+    name = tags["first"]["champion.registered_model"]
+    assert {tag["champion.registered_model"] for tag in tags.values()} == {name}
+    outcomes = [tags[run]["champion.outcome"] for run in runs]
+    assert outcomes == ["promoted", "not registered", "promoted", "kept"], {
+        run: tag.get("champion.reason") for run, tag in tags.items()
+    }
+    first_version, longer_version, shorter_version = (
+        tags[run]["champion.version"] for run in ("first", "longer", "shorter")
+    )
+    assert tags["second"]["champion.champion_version"] == first_version
+    assert tags["longer"]["champion.champion_version"] == longer_version
+    assert tags["longer"]["champion.previous_champion_version"] == first_version  # the one it beat
+    assert tags["shorter"]["champion.champion_version"] == longer_version
+    loss = {run: triggered.mlflow_run.data.metrics["train.best_val_loss"] for run, triggered in runs.items()}
+    assert loss["longer"] < loss["first"] * 0.99 and loss["shorter"] > loss["longer"] * 0.99, loss
+    versions = {version.version: version for version in mlflow_client.search_model_versions(f"name = '{name}'")}
+    assert set(versions) == {first_version, longer_version, shorter_version}
+    assert versions[longer_version].run_id == longer.mlflow_run.info.run_id
+    assert mlflow_client.get_model_version_by_alias(name, "champion").version == longer_version
+    assert mlflow_client.get_model_version_by_alias(name, "challenger").version == shorter_version
 
 
 @pytest.mark.slow
-@needs_postgres
 def test_the_champion_answers_a_generation_request_from_the_team_server(stack: Stack, first, tmp_path):
     import mlflow
 
@@ -451,3 +299,33 @@ def test_the_champion_answers_a_generation_request_from_the_team_server(stack: S
         assert "Traceback" not in json.dumps(error)
         status, error = invoke(url, [{"prompt": "the", "temperature": 0.0, "length": 10, "seed": 0}])
         assert status == 400 and "temperature must be a finite number > 0, got 0.0" in error["message"]
+
+
+@pytest.mark.slow
+def test_the_vae_runs_and_a_latent_grid_show_in_the_mlflow_ui(
+    stack: Stack, mlflow_client, vae_run: TriggeredRun, page, tmp_path
+):
+    """What a teammate sees in a browser: the VAE deployment's parent and child runs in the runs
+    table of the team's MLflow server, and a child's latent grid rendering on its artifact page."""
+    from tests.team.browser import artifact_image_renders, runs_table_shows
+
+    parent = vae_run.mlflow_run
+    assert parent.data.tags["champion.outcome"] == "promoted", parent.data.tags.get("champion.reason")
+    children = mlflow_client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert len(children) == 2  # the tiny params' latent_dim grid
+    names = [parent.info.run_name, *(child.info.run_name for child in children)]
+    runs_table_shows(page, stack.mlflow_uri, parent.info.experiment_id, names, screenshot=tmp_path / "runs.png")
+    child = children[0]
+    assert "samples/latent_grid.png" in [
+        artifact.path for artifact in mlflow_client.list_artifacts(child.info.run_id, "samples")
+    ]
+    artifact_image_renders(
+        page,
+        stack.mlflow_uri,
+        parent.info.experiment_id,
+        child.info.run_id,
+        "samples/latent_grid.png",
+        screenshot=tmp_path / "latent_grid.png",
+    )

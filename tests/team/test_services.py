@@ -1,10 +1,10 @@
-"""The team stack's services (scripts/team.sh) on 127.0.0.1, free ports and a temporary folder:
-PostgreSQL, the MLflow server with proxied artifacts, the Prefect server with the `gendl` work
-pool and its workers, stop and start again with everything kept."""
+"""The team stack's services (scripts/team.sh, the session's stack of conftest.py): PostgreSQL, the
+MLflow server with proxied artifacts, the Prefect server with the `gendl` work pool and its workers,
+secrets, and stop and start again with everything kept: runs, artifacts, the deployments with their
+schedules, the registry's aliases."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -12,45 +12,17 @@ import socket
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.team.helpers import VENV_BIN, free_ports, team
+from tests.team.conftest import NUM_WORKERS, TEXT_DEPLOYMENT, Stack, TriggeredRun
+from tests.team.helpers import VENV_BIN, team
 
 pytestmark = pytest.mark.slow
 
-NUM_WORKERS = 2
 SERVICES = ["postgres", "mlflow", "prefect"] + [f"worker-{index}" for index in range(1, NUM_WORKERS + 1)]
-
-if not (any(Path("/usr/lib/postgresql").glob("*/bin/initdb")) or shutil.which("initdb")):
-    pytest.skip(
-        "PostgreSQL server binaries (initdb) are not installed: `apt-get install postgresql` "
-        "(.ci/run does it on CI)",
-        allow_module_level=True,
-    )
-
-
-@dataclasses.dataclass
-class Stack:
-    directory: Path
-    pg_port: int
-    mlflow_port: int
-    prefect_port: int
-    start_seconds: float
-    logged: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    @property
-    def mlflow_url(self) -> str:
-        return f"http://127.0.0.1:{self.mlflow_port}"
-
-    @property
-    def prefect_api(self) -> str:
-        return f"http://127.0.0.1:{self.prefect_port}/api"
-
-
 
 
 def listening(port: int) -> bool:
@@ -87,23 +59,6 @@ def worker_pids(stack: Stack) -> list[int]:
     ]
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    # Under /tmp (not pytest's 0700 tmp root): as root the cluster runs as the postgres user.
-    directory = Path(tempfile.mkdtemp(prefix="gendl-team-"))
-    pg_port, mlflow_port, prefect_port = free_ports(3)
-    try:
-        began = time.monotonic()
-        ports = ["--pg-port", str(pg_port), "--mlflow-port", str(mlflow_port)]
-        ports += ["--prefect-port", str(prefect_port)]
-        result = team("start", "--dir", str(directory), "--workers", str(NUM_WORKERS), *ports)
-        assert result.returncode == 0, result.stdout + result.stderr
-        yield Stack(directory, pg_port, mlflow_port, prefect_port, time.monotonic() - began)
-    finally:
-        team("stop", "--dir", str(directory), timeout=120)
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 def test_status_says_all_running_and_env_points_at_the_stack(stack: Stack) -> None:
     code, lines = status_lines(stack)
     assert code == 0, lines
@@ -113,7 +68,7 @@ def test_status_says_all_running_and_env_points_at_the_stack(stack: Stack) -> No
 
     exports = team("env", "--dir", str(stack.directory)).stdout.splitlines()
     assert exports == [
-        f"export MLFLOW_TRACKING_URI={stack.mlflow_url}",
+        f"export MLFLOW_TRACKING_URI={stack.mlflow_uri}",
         f"export PREFECT_API_URL={stack.prefect_api}",
         f"export GENDL_DVC_REMOTE={stack.directory / 'dvc-remote'}",
         f"export GENDL_TEAM_DIR={stack.directory}",
@@ -139,7 +94,7 @@ def test_workers_run_the_venv_inside_the_team_folder(stack: Stack) -> None:
         )
         assert Path(environ["PATH"].split(os.pathsep)[0]).resolve() == VENV_BIN.resolve()
         assert environ["PREFECT_RUNNER_AUTO_INSTALL_DEPENDENCIES"] == "false"
-        assert environ["MLFLOW_TRACKING_URI"] == stack.mlflow_url
+        assert environ["MLFLOW_TRACKING_URI"] == stack.mlflow_uri
         assert environ["PREFECT_API_URL"] == stack.prefect_api
         assert environ["GENDL_DVC_REMOTE"] == str(stack.directory / "dvc-remote")
         assert "PGPASSFILE" not in environ
@@ -148,7 +103,7 @@ def test_workers_run_the_venv_inside_the_team_folder(stack: Stack) -> None:
 def test_mlflow_server_logs_a_run_and_proxies_its_artifact(stack: Stack, tmp_path: Path) -> None:
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=stack.mlflow_url)
+    client = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri)
     experiment_id = client.create_experiment("team-services-test")
     assert client.get_experiment(experiment_id).artifact_location.startswith("mlflow-artifacts:")
     run_id = client.create_run(experiment_id).info.run_id
@@ -209,10 +164,27 @@ def test_a_taken_port_is_named_in_one_line(stack: Stack) -> None:
     assert "--pg-port" in result.stderr
 
 
-def test_stop_then_start_keeps_runs_and_artifacts(stack: Stack, tmp_path: Path) -> None:
+def deployments_by_name(stack: Stack) -> dict[str, object]:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
+        with get_client(sync_client=True) as client:
+            return {deployment.name: deployment for deployment in client.read_deployments()}
+
+
+def test_stop_then_start_keeps_runs_artifacts_deployments_and_aliases(
+    stack: Stack, first: TriggeredRun, tmp_path: Path
+) -> None:
     import mlflow
 
     assert stack.logged, "needs the run logged by test_mlflow_server_logs_a_run_and_proxies_its_artifact"
+    client = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri)
+    model = first.mlflow_run.data.tags["champion.registered_model"]
+    champion = client.get_model_version_by_alias(model, "champion").version
+    artifacts = [artifact.path for artifact in client.list_artifacts(first.mlflow_run.info.run_id)]
+    deployments = deployments_by_name(stack)
+    assert TEXT_DEPLOYMENT.split("/")[1] in deployments and artifacts
     stopped = team("stop", "--dir", str(stack.directory), timeout=120)
     assert stopped.returncode == 0, stopped.stderr
     code, lines = status_lines(stack)
@@ -232,11 +204,21 @@ def test_stop_then_start_keeps_runs_and_artifacts(stack: Stack, tmp_path: Path) 
     assert status_lines(stack)[0] == 0
     assert len(online_workers(stack)) == NUM_WORKERS
 
-    client = mlflow.MlflowClient(tracking_uri=stack.mlflow_url)
     run = client.get_run(stack.logged["run_id"])
     assert run.data.params == {"learning_rate": "0.01"}
     assert run.data.metrics == {"loss": 0.25}
     (tmp_path / "again").mkdir()
     downloaded = client.download_artifacts(stack.logged["run_id"], "note.txt", str(tmp_path / "again"))
     assert Path(downloaded).read_text() == stack.logged["note"]
+    # What the deployment's flow run left: its runs with their artifacts, the registry's aliases,
+    # the deployments with their schedules.
+    parent = client.get_run(first.mlflow_run.info.run_id)
+    assert parent.data.metrics == first.mlflow_run.data.metrics
+    assert [artifact.path for artifact in client.list_artifacts(parent.info.run_id)] == artifacts
+    assert client.get_model_version_by_alias(model, "champion").version == champion
+    again = deployments_by_name(stack)
+    assert set(again) == set(deployments)
+    for name, deployment in deployments.items():
+        kept = [(schedule.schedule, schedule.active) for schedule in again[name].schedules]
+        assert kept == [(schedule.schedule, schedule.active) for schedule in deployment.schedules], name
     print(f"team stack: first start {stack.start_seconds:.1f} s, restart {restart_seconds:.1f} s")

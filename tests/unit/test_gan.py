@@ -173,13 +173,25 @@ class Interrupted(RuntimeError):
     """Stands in for a kill or Ctrl-C in the middle of training."""
 
 
-def recording_gan(made: list, poison_from_step: int | None = None) -> type[GAN]:
+def recording_gan(made: list, poison_from_step: int | None = None, same_start: bool = False) -> type[GAN]:
     """A GAN subclass that remembers its instances; with `poison_from_step`, the real images turn
-    NaN from that step on (and with them both losses, gradients and weights)."""
+    NaN from that step on (and with them both losses, gradients and weights).
+
+    With `same_start`, every instance starts from the first one's initial networks (dropout seeds
+    included). The seed alone does not promise that within pytest: Keras's initializers draw their
+    seeds from Python's global `random`, which threads of other tests' libraries draw from too."""
+    initial = {}
 
     class RecordingGAN(GAN):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
+            networks = {name: getattr(self, name) for name in ("discriminator", "generator", "ema_generator")}
+            if same_start and initial:
+                for name, network in networks.items():
+                    for variable, value in zip(network.variables, initial[name], strict=True):
+                        variable.assign(value)
+            elif same_start:
+                initial.update({name: values(network.variables) for name, network in networks.items()})
             made.append(self)
 
         def train_step(self, real_images):
@@ -1127,7 +1139,7 @@ def test_a_resumed_run_continues_exactly_as_one_that_was_not_interrupted(tmp_pat
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(gan_steps, "image_dataset", in_order)
-        patch.setattr(gan_steps, "GAN", recording_gan(made))
+        patch.setattr(gan_steps, "GAN", recording_gan(made, same_start=True))
         straight = train_point(POINT, *tiny_data, settings, extractor, tmp_path / "straight", RUNTIME)
         one_epoch = dataclasses.replace(settings, epochs=1)
         train_point(POINT, *tiny_data, one_epoch, extractor, tmp_path / "resumed", RUNTIME)

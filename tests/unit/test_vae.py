@@ -1257,3 +1257,28 @@ def test_sample_point_with_a_single_test_image(tmp_path, beta_grid):
     )
 
     assert (tmp_path / "interpolation.png").is_file()
+
+
+def test_a_folder_outside_inputs_works_with_a_warning_that_dvc_does_not_see_it(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "elsewhere"
+    for name in ("circles", "squares"):
+        for index in range(4):
+            save(Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)), folder / name / f"{index}.png")
+    paths = storage.under(tmp_path / "repo", VaePaths())
+
+    with caplog.at_level(logging.WARNING, logger="tasks.image_data"):
+        summary = prepare_data(paths, folder_params(folder), seed=0)
+
+    assert summary["num_train"] + summary["num_test"] == 8
+    (warning,) = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert str(folder) in warning and "inputs/vae" in warning and "dvc add" in warning
+
+
+def test_a_folder_tracked_by_dvc_but_not_pulled_names_the_pull_command(tmp_path):
+    root = tmp_path / "repo"
+    (root / "inputs/vae").mkdir(parents=True)
+    (root / "inputs/vae/faces.dvc").write_text("outs:\n- path: faces\n")
+    paths = storage.under(root, VaePaths())
+    with pytest.raises(DatasetError, match=r"tracked by DVC but not here: run `dvc pull .*inputs/vae/faces.dvc`"):
+        prepare_image_data(folder_params(Path("inputs/vae/faces")), paths.data, "vae", root=root)
