@@ -113,9 +113,12 @@ def test_the_paths_the_flow_logs_are_declared_outputs_of_dvc_stages(technique):
 
 @pytest.mark.slow
 def test_dvc_repro_and_exp_run_reproduce_the_pipeline_without_prefect(repo_copy):
-    repro = dvc(repo_copy, "repro")
+    """Plain DVC, no Prefect, on the text pipeline. (Every stage of every technique runs through
+    `dvc repro --single-item` in the flow tests, each ending with `dvc status` clean; a whole
+    `dvc repro` of all 14 stages here took 70-120 s for nothing more.)"""
+    repro = dvc(repo_copy, "repro", "text_sample")
     assert repro.returncode == 0, repro.stdout + repro.stderr
-    assert json.loads(dvc(repo_copy, "status", "--json").stdout) == {}
+    assert json.loads(dvc(repo_copy, "status", "--json", "text_sample").stdout) == {}
     samples = sorted(p.name for p in (repo_copy / "outputs/text/samples").glob("temperature_*.txt"))
     assert samples == [
         "temperature_0.2.txt",
@@ -123,12 +126,10 @@ def test_dvc_repro_and_exp_run_reproduce_the_pipeline_without_prefect(repo_copy)
         "temperature_1.2.txt",
         "temperature_1.txt",
     ]
-    assert (repo_copy / "outputs/vae/samples/comparison.png").is_file()
-    assert (repo_copy / "outputs/gan/training/comparison.png").is_file()
     model_md5 = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]["text_train"]["outs"][0]["md5"]
 
     # A sweep over a sampling knob re-runs sampling only, and keeps params.yaml in sync with it.
-    experiment = dvc(repo_copy, "exp", "run", "-S", "text.sample.num_chars=25")
+    experiment = dvc(repo_copy, "exp", "run", "-S", "text.sample.num_chars=25", "text_sample")
     assert experiment.returncode == 0, experiment.stdout + experiment.stderr
     assert "Running stage 'text_sample'" in experiment.stdout
     assert "Running stage 'text_train'" not in experiment.stdout
