@@ -23,19 +23,26 @@ log_dreams = task(log.log_dreams, name="log-dreams")
 
 
 @flow(name="deepdream")
-def deepdream_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, Any]:
+def deepdream_flow(
+    profile: str | None = None,
+    root: Path = REPO_ROOT,
+    overrides: dict[str, Any] | None = None,
+    sweep: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run the DeepDream stages through DVC and log every layer setting's dream to MLflow.
 
     Args:
         profile: name of a params overlay in profiles/ (e.g. "quick"); None = params.yaml as is.
         root: repo root holding params.yaml and dvc.yaml.
+        overrides: dotted params set over the profile, e.g. {"vae.train.beta": [0.5]} (a sweep's point).
+        sweep: {"id", "run_id", "point"} of the sweep this run is a point of (flows/sweep.py).
 
     Returns:
         The MLflow run ids and the per-setting results.
     """
     root = Path(root).resolve()
     paths = storage.under(root, DeepDreamPaths())
-    with technique_run(TECHNIQUES["deepdream"], profile, root) as run:
+    with technique_run(TECHNIQUES["deepdream"], profile, root, overrides, sweep) as run:
         run.run_stages(through="deepdream_dream")
         child_run_ids = log_dreams(run.run_id, run.experiment_id, paths)
     metrics = json.loads(paths.metrics.read_text())

@@ -24,7 +24,12 @@ log_training = task(log.log_training, name="log-training")
 
 
 @flow(name="gan")
-def gan_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, Any]:
+def gan_flow(
+    profile: str | None = None,
+    root: Path = REPO_ROOT,
+    overrides: dict[str, Any] | None = None,
+    sweep: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run the GAN stages through DVC and log every grid point's training to MLflow.
 
     A point whose loss became NaN (or that collapsed with `instability.action: stop`) keeps its last
@@ -34,13 +39,15 @@ def gan_flow(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, An
     Args:
         profile: name of a params overlay in profiles/ (e.g. "quick"); None = params.yaml as is.
         root: repo root holding params.yaml and dvc.yaml.
+        overrides: dotted params set over the profile, e.g. {"vae.train.beta": [0.5]} (a sweep's point).
+        sweep: {"id", "run_id", "point"} of the sweep this run is a point of (flows/sweep.py).
 
     Returns:
         The MLflow run ids and each grid point's metrics.
     """
     root = Path(root).resolve()
     paths = storage.under(root, GanPaths())
-    with technique_run(TECHNIQUES["gan"], profile, root) as run:
+    with technique_run(TECHNIQUES["gan"], profile, root, overrides, sweep) as run:
         run.run_stages(through="gan_train")
         child_run_ids = log_training(run.run_id, run.experiment_id, paths)
         decision = run.promote(log.log_serving_model, child_run_ids, paths)

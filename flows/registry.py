@@ -31,6 +31,11 @@ class Technique:
     # How its registered model's versions are compared (tasks/champion.py); None = nothing is
     # registered: DeepDream and style transfer optimise one image per run, there is no model to reuse.
     champion: ChampionRule | None = None
+    # Sweeps (flows/sweep.py): the params lists whose product is its comparison grid, the stages
+    # every point shares (run once per sweep), and the image its parent run logs to compare points.
+    grid_axes: tuple[str, ...] = ()
+    shared_stages: tuple[str, ...] = ()
+    comparison_image: str | None = None
 
     def load_flow(self):
         module, _, function = self.flow.partition(":")
@@ -51,13 +56,25 @@ TECHNIQUES = {
                 data_stages=("text_download", "text_prepare"),
                 data_params=("text.data.maxlen", "text.data.step"),
             ),
+            shared_stages=("text_download", "text_prepare"),  # no grid of its own: a sweep names its axes
         ),
-        Technique("deepdream", ("deepdream_image", "deepdream_dream"), DeepDreamParams, "flows.deepdream:deepdream_flow"),
+        Technique(
+            "deepdream",
+            ("deepdream_image", "deepdream_dream"),
+            DeepDreamParams,
+            "flows.deepdream:deepdream_flow",
+            grid_axes=("deepdream.layer_settings",),
+            shared_stages=("deepdream_image",),
+            comparison_image="grid.png",
+        ),
         Technique(
             "style_transfer",
             ("style_transfer_images", "style_transfer_stylize"),
             StyleTransferParams,
             "flows.style_transfer:style_transfer_flow",
+            grid_axes=("style_transfer.content_weight", "style_transfer.style_weight", "style_transfer.optimizer"),
+            shared_stages=("style_transfer_images",),
+            comparison_image="grid.png",
         ),
         Technique(
             "vae",
@@ -66,6 +83,9 @@ TECHNIQUES = {
             "flows.vae:vae_flow",
             # -ELBO on the test split (reconstruction + KL whatever the beta): comparable across betas.
             ChampionRule("test_negative_elbo", data_stages=("vae_data",)),
+            grid_axes=("vae.model.latent_dim", "vae.train.beta"),
+            shared_stages=("vae_data",),
+            comparison_image="comparison.png",
         ),
         Technique(
             "gan",
@@ -78,6 +98,9 @@ TECHNIQUES = {
                 data_stages=("gan_data", "gan_classifier"),
                 data_params=("gan.score.features", "gan.score.num_images"),
             ),
+            grid_axes=("gan.train.learning_rate", "gan.train.label_noise", "gan.model.dropout"),
+            shared_stages=("gan_data", "gan_classifier"),
+            comparison_image="comparison.png",
         ),
     )
 }

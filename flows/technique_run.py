@@ -5,13 +5,16 @@ the run FAILED if a grid point failed."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import os
+import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -110,11 +113,32 @@ def share_outputs(run: TechniqueRun, failed: bool) -> None:
         logger.warning("the finished stages' outputs were not pushed to the team remote: %s", state.message)
 
 
+def sweep_tags(sweep: Mapping[str, str] | None, root: Path) -> dict[str, str]:
+    """A sweep's point (flows/sweep.py) is a child of the sweep's MLflow run, tagged with the sweep,
+    its point, the worker and the workspace it ran in."""
+    if not sweep:
+        return {}
+    return {
+        MLFLOW_PARENT_RUN_ID: sweep["run_id"],
+        "sweep.id": sweep["id"],
+        "sweep.point": sweep["point"],
+        "sweep.worker": os.environ.get("GENDL_WORKER_NAME") or socket.gethostname(),
+        "sweep.workspace": str(root),
+    }
+
+
 @contextmanager
-def technique_run(technique: Technique, profile: str | None, root: Path) -> Iterator[TechniqueRun]:
-    """The MLflow parent run of one flow run; it ends FAILED if the body raises."""
+def technique_run(
+    technique: Technique,
+    profile: str | None,
+    root: Path,
+    overrides: Mapping[str, Any] | None = None,
+    sweep: Mapping[str, str] | None = None,
+) -> Iterator[TechniqueRun]:
+    """The MLflow parent run of one flow run; it ends FAILED if the body raises. `overrides` are
+    dotted params set on top of the profile (a sweep's point), `sweep` the point's sweep."""
     logger = get_run_logger()
-    with applied_profile(root, profile) as params:
+    with applied_profile(root, profile, overrides) as params:
         settings = validate(params, [technique.name])["tracking"]
         tracking_uri = tracking.resolve_tracking_uri(settings.uri, root)
         refuse_workspace_store(tracking_uri, root)
@@ -124,12 +148,13 @@ def technique_run(technique: Technique, profile: str | None, root: Path) -> Iter
         )
         with mlflow.start_run(
             experiment_id=experiment_id,
-            run_name=f"{technique.name} {runtime.flow_run.name or ''}".strip(),
+            run_name=f"{technique.name} {sweep['point'] if sweep else runtime.flow_run.name or ''}".strip(),
             tags={
                 "technique": technique.name,
                 "profile": profile or "default",
                 "prefect.flow_run_id": str(runtime.flow_run.id or ""),
                 **tracking.git_tags(root),
+                **sweep_tags(sweep, root),
             },
         ) as parent:
             run = TechniqueRun(

@@ -26,19 +26,26 @@ log_samples = task(log.log_samples, name="log-samples")
 
 
 @flow(name="text-generation")
-def text_generation(profile: str | None = None, root: Path = REPO_ROOT) -> dict[str, Any]:
+def text_generation(
+    profile: str | None = None,
+    root: Path = REPO_ROOT,
+    overrides: dict[str, Any] | None = None,
+    sweep: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run the text-generation stages through DVC and log their outputs to MLflow.
 
     Args:
         profile: name of a params overlay in profiles/ (e.g. "quick"); None = params.yaml as is.
         root: repo root holding params.yaml and dvc.yaml.
+        overrides: dotted params set over the profile, e.g. {"vae.train.beta": [0.5]} (a sweep's point).
+        sweep: {"id", "run_id", "point"} of the sweep this run is a point of (flows/sweep.py).
 
     Returns:
         The MLflow run ids and the training and sampling results.
     """
     root = Path(root).resolve()
     paths = storage.under(root, TextPaths())
-    with technique_run(TECHNIQUES["text"], profile, root) as run:
+    with technique_run(TECHNIQUES["text"], profile, root, overrides, sweep) as run:
         run.run_stages(through="text_train")
         train_metrics = log_training(run.run_id, paths)
         decision = run.promote(log.log_serving_model, run.run_id, paths)

@@ -136,6 +136,7 @@ class Layout:
     artifacts = property(lambda self: self.root / "mlflow-artifacts")
     mlflow_schema = property(lambda self: self.root / "mlflow-schema")
     dvc_remote = property(lambda self: self.root / "dvc-remote")
+    resume = property(lambda self: self.root / "resume")  # training state a retried flow run resumes from
     prefect_home = property(lambda self: self.root / "prefect")
     logs = property(lambda self: self.root / "logs")
     run = property(lambda self: self.root / "run")
@@ -703,6 +704,7 @@ def worker_env(layout: Layout, settings: Settings) -> dict[str, str]:
     for name in SERVER_ONLY_VARIABLES:
         env.pop(name, None)
     env.update(client_env(layout, settings), PREFECT_RUNNER_AUTO_INSTALL_DEPENDENCIES="false")
+    env["GENDL_RESUME_DIR"] = str(layout.resume)  # shared by the workers: a retry elsewhere resumes
     if _prefect_auth():
         env["PREFECT_API_AUTH_STRING"] = env.pop("PREFECT_SERVER_API_AUTH_STRING")
     return env
@@ -742,9 +744,11 @@ def reconcile_workers(layout: Layout, settings: Settings) -> str:
             continue
         layout.worker_dir(index).mkdir(parents=True, exist_ok=True)
         command = [str(VENV_BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
-        command += ["--name", _worker_name(index), "--install-policy", "never"]
+        # One flow run at a time: the next scheduled run (a sweep's next point) goes to a free worker.
+        command += ["--name", _worker_name(index), "--install-policy", "never", "--limit", "1"]
         log, pid_file = layout.log(f"worker-{index}"), layout.pid_file(f"worker-{index}")
-        started[index] = _spawn(command, env, layout.worker_dir(index), log, pid_file)
+        worker = {**env, "GENDL_WORKER_NAME": _worker_name(index)}
+        started[index] = _spawn(command, worker, layout.worker_dir(index), log, pid_file)
     parts = []
     began = time.monotonic()
     for index, process in started.items():
@@ -836,7 +840,7 @@ def command_start(layout: Layout, requested: dict[str, str | int]) -> int:
             print(f"the team stack in {layout.root} is already running")
             return command_status(layout)
         postgres_bindir(layout)  # fail before making anything when PostgreSQL is missing
-        for folder in (layout.artifacts, layout.dvc_remote, layout.prefect_home, layout.logs, layout.run):
+        for folder in (layout.artifacts, layout.dvc_remote, layout.resume, layout.prefect_home, layout.logs, layout.run):
             folder.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()
         password = ensure_password(layout)

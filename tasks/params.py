@@ -85,7 +85,7 @@ def overlay(base: Mapping[str, Any], patch: Mapping[str, Any], where: str = "") 
     for key, value in patch.items():
         dotted = f"{where}.{key}" if where else key
         if key not in merged:
-            raise ParamsError(f"profile sets unknown key {dotted}{did_you_mean(key, merged)}")
+            raise ParamsError(f"sets unknown key {dotted}{did_you_mean(key, merged)}")
         if isinstance(value, Mapping) and isinstance(merged[key], Mapping):
             merged[key] = overlay(merged[key], value, dotted)
         else:
@@ -93,8 +93,32 @@ def overlay(base: Mapping[str, Any], patch: Mapping[str, Any], where: str = "") 
     return merged
 
 
-def load_params(root: Path, profile: str | None = None) -> dict[str, Any]:
-    """params.yaml, with `profiles/<profile>.yaml` merged over it when a profile is given."""
+def nested(assignments: Mapping[str, Any]) -> dict[str, Any]:
+    """{"vae.train.beta": [0.5]} -> {"vae": {"train": {"beta": [0.5]}}}: dotted keys as `dvc exp run -S`
+    takes them, as an overlay."""
+    tree: dict[str, Any] = {}
+    for dotted, value in assignments.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return tree
+
+
+def load_params(root: Path, profile: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """params.yaml, with `profiles/<profile>.yaml` merged over it when a profile is given, then the
+    dotted-key `overrides` ({"vae.train.beta": [0.5]}, a sweep's grid point)."""
+    params = _with_profile(root, profile)
+    if not overrides:
+        return params
+    try:
+        return overlay(params, nested(overrides))
+    except ParamsError as error:
+        raise ParamsError(f"overrides: {error}") from None
+
+
+def _with_profile(root: Path, profile: str | None) -> dict[str, Any]:
     params = read_yaml(root / PARAMS_FILE)
     if not profile:
         return params
@@ -166,8 +190,11 @@ def checkout_lock(root: Path) -> Iterator[None]:
 
 
 @contextmanager
-def applied_profile(root: Path, profile: str | None) -> Iterator[dict[str, Any]]:
-    """Hold the checkout and put the profile-merged params into params.yaml for the duration.
+def applied_profile(
+    root: Path, profile: str | None, overrides: Mapping[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Hold the checkout and put the profile-merged params (and `overrides`) into params.yaml for
+    the duration.
 
     DVC stages read params.yaml, so the overlay has to be on disk for dvc.lock to record what
     ran (as `dvc exp run -S` does). The original bytes are kept in .gendl/ first and put back
@@ -183,8 +210,8 @@ def applied_profile(root: Path, profile: str | None) -> Iterator[dict[str, Any]]
             log.warning("%s: restoring the params of a run that was killed while a profile was applied", params_path)
             _write_atomically(params_path, backup.read_bytes())
             backup.unlink()
-        params = load_params(root, profile)
-        if not profile:
+        params = load_params(root, profile, overrides)
+        if not profile and not overrides:
             yield params
             return
         original = params_path.read_bytes()

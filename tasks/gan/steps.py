@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -43,6 +44,7 @@ from tasks.training import NanGuard, ProgressLog, all_finite, save_model_atomica
 log = logging.getLogger(__name__)
 
 WORK_DIR = Path(".gendl/gan")  # per-point work in progress (resume checkpoints), outside DVC's outputs
+RESUME_DIR_VARIABLE = "GENDL_RESUME_DIR"  # a folder all workers reach, for WORK_DIR's contents
 CHECKPOINT = "checkpoint"  # the subfolder of a point's work folder holding its resume checkpoint
 
 
@@ -132,10 +134,12 @@ def save_generators(gan: GAN, folder: Path) -> None:
 
 def work_folder(root: Path, point: GridPoint, settings: dict[str, Any], data_path: Path) -> Path:
     """Where a point's run in progress lives: named by everything it depends on, so a resume only
-    ever continues the same run."""
+    ever continues the same run. Under $GENDL_RESUME_DIR when set (the team stack's workers share
+    one): a flow run retried in another workspace, or on another worker, resumes there."""
     digest = hashlib.sha256(json.dumps({**settings, **asdict(point)}, sort_keys=True).encode())
     digest.update(storage.sha256_of(data_path).encode())
-    return root / WORK_DIR / digest.hexdigest()[:16]
+    shared = os.environ.get(RESUME_DIR_VARIABLE)
+    return (Path(shared) / "gan" if shared else root / WORK_DIR) / digest.hexdigest()[:16]
 
 
 def train_point(

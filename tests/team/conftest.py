@@ -24,7 +24,6 @@ from tests.team.helpers import clean_env, free_ports, team
 
 NUM_WORKERS = 2
 TEXT_DEPLOYMENT = "text-generation/text"
-VAE_DEPLOYMENT = "vae/vae"
 # Printed by the stage command itself (a line the test adds to the repo copy's text data step), so
 # the flow run's log shows which file the stage subprocess really imported.
 STAGE_MARKER = "gendl-test: stage code "
@@ -204,19 +203,7 @@ def finished(records: list) -> bool:
 
 
 @pytest.fixture(scope="session")
-def vae_submitted(stack: Stack, deployed: Path):
-    """A flow run of the VAE deployment (images to look at in the MLflow UI), submitted as the text
-    runs start: it runs on the second worker meanwhile."""
-    return submit(stack, VAE_DEPLOYMENT)
-
-
-@pytest.fixture(scope="session")
-def vae_run(stack: Stack, vae_submitted) -> TriggeredRun:
-    return wait_for(stack, vae_submitted.id)
-
-
-@pytest.fixture(scope="session")
-def first(stack: Stack, deployed: Path, vae_submitted) -> TriggeredRun:
+def first(stack: Stack, deployed: Path) -> TriggeredRun:
     return trigger(stack, TEXT_DEPLOYMENT)
 
 

@@ -45,7 +45,7 @@ def file_entrypoint(flow: str) -> str:
 def test_prefect_yaml_has_one_deployment_per_technique_and_the_main_job():
     config = load_prefect_yaml()
     deployments = {deployment["name"]: deployment for deployment in config["deployments"]}
-    assert set(deployments) == set(TECHNIQUES) | {"all"}
+    assert set(deployments) == set(TECHNIQUES) | {"all", "point"}
     assert deployments["all"]["entrypoint"] == "flows/all.py:all_techniques"
     assert "schedules" not in deployments["all"]  # it would repeat the techniques' own schedules
     for name, technique in TECHNIQUES.items():
@@ -55,6 +55,9 @@ def test_prefect_yaml_has_one_deployment_per_technique_and_the_main_job():
         assert deployment["entrypoint"] == file_entrypoint(technique.flow)
         [schedule] = deployment["schedules"]
         assert schedule["cron"] and schedule["timezone"] == "UTC" and schedule["slug"] == "weekly"
+    point = deployments.pop("point")  # a sweep's points run side by side: no limit, no schedule
+    assert point["entrypoint"] == "flows/sweep.py:sweep_point" and point["work_pool"]["name"] == "gendl"
+    assert "concurrency_limit" not in point and "schedules" not in point
     for deployment in deployments.values():
         assert deployment["work_pool"]["name"] == "gendl"
         assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
@@ -143,7 +146,7 @@ def test_deploy_creates_every_deployment_at_the_commit_with_schedule_and_limit(s
     with temporary_settings(updates={PREFECT_API_URL: stack.env["PREFECT_API_URL"]}):
         with get_client(sync_client=True) as client:
             deployments = {deployment.name: deployment for deployment in client.read_deployments()}
-    assert set(deployments) == set(TECHNIQUES) | {"all"}
+    assert set(deployments) == set(TECHNIQUES) | {"all", "point"}
     text = deployments["text"]
     assert text.work_pool_name == "gendl" and text.parameters == {"profile": None, "root": "."}
     assert text.global_concurrency_limit.limit == 1
@@ -300,32 +303,3 @@ def test_the_champion_answers_a_generation_request_from_the_team_server(stack: S
         status, error = invoke(url, [{"prompt": "the", "temperature": 0.0, "length": 10, "seed": 0}])
         assert status == 400 and "temperature must be a finite number > 0, got 0.0" in error["message"]
 
-
-@pytest.mark.slow
-def test_the_vae_runs_and_a_latent_grid_show_in_the_mlflow_ui(
-    stack: Stack, mlflow_client, vae_run: TriggeredRun, page, tmp_path
-):
-    """What a teammate sees in a browser: the VAE deployment's parent and child runs in the runs
-    table of the team's MLflow server, and a child's latent grid rendering on its artifact page."""
-    from tests.team.browser import artifact_image_renders, runs_table_shows
-
-    parent = vae_run.mlflow_run
-    assert parent.data.tags["champion.outcome"] == "promoted", parent.data.tags.get("champion.reason")
-    children = mlflow_client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
-    )
-    assert len(children) == 2  # the tiny params' latent_dim grid
-    names = [parent.info.run_name, *(child.info.run_name for child in children)]
-    runs_table_shows(page, stack.mlflow_uri, parent.info.experiment_id, names, screenshot=tmp_path / "runs.png")
-    child = children[0]
-    assert "samples/latent_grid.png" in [
-        artifact.path for artifact in mlflow_client.list_artifacts(child.info.run_id, "samples")
-    ]
-    artifact_image_renders(
-        page,
-        stack.mlflow_uri,
-        parent.info.experiment_id,
-        child.info.run_id,
-        "samples/latent_grid.png",
-        screenshot=tmp_path / "latent_grid.png",
-    )
