@@ -144,6 +144,16 @@ def point_runs(client: mlflow.MlflowClient, experiment_id: str, sweep_id: str) -
     return {run.data.tags["sweep.point"]: run for run in runs if run.data.tags.get("sweep.point") != SHARED}
 
 
+def end_crashed_runs(client: mlflow.MlflowClient, experiment_id: str, flow_run_ids: Sequence[str]) -> None:
+    """The MLflow runs of crashed flow runs were left RUNNING by their dead process: end them KILLED,
+    so each point has one finished run, its retry's."""
+    for flow_run_id in flow_run_ids:
+        for run in client.search_runs([experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"):
+            if run.info.status == "RUNNING":
+                client.set_tag(run.info.run_id, "failure", "its flow run crashed (worker lost); the point was retried")
+                client.set_terminated(run.info.run_id, status="KILLED")
+
+
 def point_metric(client: mlflow.MlflowClient, run, metric: str, lower_is_better: bool) -> float:
     """The best value of `metric` (or `<prefix>.<metric>`) on the point's run and its child runs."""
     children = client.search_runs(
@@ -164,6 +174,7 @@ def compare(technique: Technique, sweep_run_id: str, sweep_id: str, attempts: li
     """Log the comparison of the points on the sweep's run; returns it."""
     client = mlflow.MlflowClient()
     experiment_id = client.get_run(sweep_run_id).info.experiment_id
+    end_crashed_runs(client, experiment_id, [crashed for attempt in attempts for crashed in attempt.crashes])
     runs = point_runs(client, experiment_id, sweep_id)
     rule = technique.champion
     rows = []

@@ -705,6 +705,8 @@ def worker_env(layout: Layout, settings: Settings) -> dict[str, str]:
         env.pop(name, None)
     env.update(client_env(layout, settings), PREFECT_RUNNER_AUTO_INSTALL_DEPENDENCIES="false")
     env["GENDL_RESUME_DIR"] = str(layout.resume)  # shared by the workers: a retry elsewhere resumes
+    # A triggered run or a sweep's next point waits for the next poll: Prefect's default is 10 s.
+    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
     if _prefect_auth():
         env["PREFECT_API_AUTH_STRING"] = env.pop("PREFECT_SERVER_API_AUTH_STRING")
     return env
