@@ -95,7 +95,7 @@ def test_workers_run_the_venv_inside_the_team_folder(stack: Stack) -> None:
         assert Path(environ["PATH"].split(os.pathsep)[0]).resolve() == VENV_BIN.resolve()
         assert environ["PREFECT_RUNNER_AUTO_INSTALL_DEPENDENCIES"] == "false"
         assert environ["PREFECT_WORKER_QUERY_SECONDS"] == "5"
-        assert environ["GENDL_WORKER_NAME"] == f"gendl-vm-{index}"
+        assert environ["GENDL_WORKER_NAME"] == f"gendl-{socket.gethostname()}-{index}"  # its pool name
         assert environ["GENDL_RESUME_DIR"] == str(stack.directory / "resume")
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert command[command.index(b"--limit") + 1] == b"1"  # one flow run at a time

@@ -6,6 +6,7 @@ point with bad params fails alone."""
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def test_a_sweep_runs_each_point_in_its_own_workspace_side_by_side_and_compares_
     assert all(run.data.tags["mlflow.parentRunId"] == parent.info.run_id for run in runs.values())
     assert all(run.info.status == "FINISHED" for run in runs.values())
     assert len({run.data.tags["sweep.workspace"] for run in runs.values()}) == 4
-    assert {run.data.tags["sweep.worker"] for run in runs.values()} <= {"gendl-vm-1", "gendl-vm-2"}
+    workers = {f"gendl-{socket.gethostname()}-{index}" for index in (1, 2)}  # scripts/team.py's names
+    assert {run.data.tags["sweep.worker"] for run in runs.values()} <= workers
     # The shared data stage ran once, in its own flow run: every point restored it.
     assert all(run.data.tags["dvc.stages_run"] == "vae_train,vae_sample" for run in runs.values())
     spans = sorted((run.info.start_time, run.info.end_time) for run in runs.values())
