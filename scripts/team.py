@@ -684,6 +684,53 @@ def ensure_work_pool(layout: Layout, settings: Settings) -> str:
     return "created (type process)"
 
 
+# A flow run whose worker or machine dies stays Running: nothing is left to report its end. Prefect's
+# answer ("detect zombie flows"): flow runs send a heartbeat event every HEARTBEAT_SECONDS and this
+# automation marks one Crashed when no heartbeat (nor a final state) follows within
+# ZOMBIE_AFTER_SECONDS. A sweep (flows/sweep.py) then submits the point again.
+HEARTBEAT_SECONDS = 30  # Prefect's minimum for PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+ZOMBIE_AFTER_SECONDS = 90
+ZOMBIE_AUTOMATION = "gendl: crash flow runs that stopped sending heartbeats"
+
+
+def zombie_automation() -> dict:
+    """The automation as Prefect's API takes it (prefect.automations.Automation, as JSON)."""
+    final = ["Completed", "Failed", "Cancelled", "Crashed"]
+    return {
+        "name": ZOMBIE_AUTOMATION,
+        "description": f"No heartbeat for {ZOMBIE_AFTER_SECONDS} s: the flow run's process is gone (scripts/team.py)",
+        "enabled": True,
+        "trigger": {
+            "type": "event",
+            "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
+            "after": ["prefect.flow-run.heartbeat"],
+            "expect": ["prefect.flow-run.heartbeat", *(f"prefect.flow-run.{state}" for state in final)],
+            "for_each": ["prefect.resource.id"],
+            "posture": "Proactive",
+            "threshold": 1,
+            "within": ZOMBIE_AFTER_SECONDS,
+        },
+        "actions": [
+            {
+                "type": "change-flow-run-state",
+                "state": "CRASHED",
+                "message": f"no heartbeat for {ZOMBIE_AFTER_SECONDS} s: its worker or machine died",
+            }
+        ],
+    }
+
+
+def ensure_zombie_automation(settings: Settings) -> str:
+    api, auth = settings.prefect_api_url, _prefect_auth()
+    status, automations = _http(f"{api}/automations/filter", body={}, auth=auth)
+    if status == 200 and any(automation.get("name") == ZOMBIE_AUTOMATION for automation in automations):
+        return "exists"
+    status, answer = _http(f"{api}/automations/", body=zombie_automation(), auth=auth)
+    if status not in (200, 201):
+        raise TeamError(f"could not create the Prefect automation {ZOMBIE_AUTOMATION!r}: HTTP {status} {answer}")
+    return "created"
+
+
 # ---------------------------------------------------------------- workers
 
 
@@ -707,6 +754,7 @@ def worker_env(layout: Layout, settings: Settings) -> dict[str, str]:
     env["GENDL_RESUME_DIR"] = str(layout.resume)  # shared by the workers: a retry elsewhere resumes
     # A triggered run or a sweep's next point waits for the next poll: Prefect's default is 10 s.
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
+    env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS))  # see ZOMBIE_AUTOMATION
     if _prefect_auth():
         env["PREFECT_API_AUTH_STRING"] = env.pop("PREFECT_SERVER_API_AUTH_STRING")
     return env
@@ -850,6 +898,7 @@ def command_start(layout: Layout, requested: dict[str, str | int]) -> int:
         print(f"mlflow:     {start_mlflow(layout, settings)}", flush=True)
         print(f"prefect:    {start_prefect(layout, settings)}", flush=True)
         print(f"work pool:  {POOL} {ensure_work_pool(layout, settings)}", flush=True)
+        print(f"automation: crash detection {ensure_zombie_automation(settings)}", flush=True)
         print(f"workers:    {reconcile_workers(layout, settings)}", flush=True)
         print(f"team stack up in {time.monotonic() - began:.1f} s; logs in {layout.logs}\n")
     code = command_status(layout)

@@ -84,6 +84,21 @@ def test_prefect_server_has_the_gendl_process_pool_with_workers_online(stack: St
     assert len(online_workers(stack)) == NUM_WORKERS
 
 
+def test_a_flow_run_that_stops_sending_heartbeats_is_marked_crashed(stack: Stack) -> None:
+    """The automation that turns a dead worker's flow run from Running into Crashed (so a sweep
+    retries its point), and the heartbeat it relies on."""
+    [automation] = [a for a in api(f"{stack.prefect_api}/automations/filter", body={}) if a["name"].startswith("gendl:")]
+    trigger = automation["trigger"]
+    assert automation["enabled"] and trigger["posture"] == "Proactive" and trigger["within"] == 90
+    assert trigger["after"] == ["prefect.flow-run.heartbeat"] and "prefect.flow-run.Completed" in trigger["expect"]
+    assert trigger["for_each"] == ["prefect.resource.id"]
+    assert [(action["type"], action["state"]) for action in automation["actions"]] == [
+        ("change-flow-run-state", "CRASHED")
+    ]
+    environ = Path(f"/proc/{worker_pids(stack)[0]}/environ").read_bytes().split(b"\0")
+    assert b"PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30" in environ
+
+
 def test_workers_run_the_venv_inside_the_team_folder(stack: Stack) -> None:
     for index, pid in enumerate(worker_pids(stack), start=1):
         assert Path(f"/proc/{pid}/cwd").resolve() == (stack.directory / "workers" / str(index)).resolve()
