@@ -67,9 +67,12 @@ class Point:
 class Attempt:
     point: Point
     flow_run: FlowRun
-    attempts: int = 1
     state: Any = None  # the final state, once ended
     crashes: list[str] = field(default_factory=list)  # flow runs of this point that crashed
+
+    @property
+    def attempts(self) -> int:
+        return len(self.crashes) + 1
 
 
 class SweepFailed(RuntimeError):
@@ -130,7 +133,6 @@ def wait_for_all(attempts: list[Attempt], deployment: str, parameters_of, retrie
                     )
                     attempt.crashes.append(str(flow_run.id))
                     attempt.flow_run = submit(deployment, parameters_of(attempt.point))
-                    attempt.attempts += 1
                     continue
                 attempt.state = flow_run.state
             time.sleep(POLL_SECONDS)
@@ -141,7 +143,7 @@ def point_runs(client: mlflow.MlflowClient, experiment_id: str, sweep_id: str) -
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`sweep.id` = '{sweep_id}' and attributes.status = 'FINISHED'"
     )
-    return {run.data.tags["sweep.point"]: run for run in runs if run.data.tags.get("sweep.point") != SHARED}
+    return {run.data.tags["sweep.point"]: run for run in runs if "sweep.point" in run.data.tags}  # not the sweep's
 
 
 def end_crashed_runs(client: mlflow.MlflowClient, experiment_id: str, flow_run_ids: Sequence[str]) -> None:
@@ -154,8 +156,9 @@ def end_crashed_runs(client: mlflow.MlflowClient, experiment_id: str, flow_run_i
                 client.set_terminated(run.info.run_id, status="KILLED")
 
 
-def point_metric(client: mlflow.MlflowClient, run, metric: str, lower_is_better: bool) -> float:
-    """The best value of `metric` (or `<prefix>.<metric>`) on the point's run and its child runs."""
+def point_metric(client: mlflow.MlflowClient, run, metric: str, lower_is_better: bool) -> float | None:
+    """The best finite value of `metric` (or `<prefix>.<metric>`) on the point's run and its child
+    runs; None when there is none."""
     children = client.search_runs(
         [run.info.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run.info.run_id}'"
     )
@@ -166,7 +169,7 @@ def point_metric(client: mlflow.MlflowClient, run, metric: str, lower_is_better:
         if (key == metric or key.endswith(f".{metric}")) and math.isfinite(value)
     ]
     if not values:
-        return math.nan
+        return None
     return min(values) if lower_is_better else max(values)
 
 
@@ -194,7 +197,7 @@ def compare(technique: Technique, sweep_run_id: str, sweep_id: str, attempts: li
             }
         )
     mlflow.log_table({key: [row[key] for row in rows] for key in rows[0]}, "sweep_points.json", run_id=sweep_run_id)
-    scored = [row for row in rows if row["metric"] is not None and math.isfinite(row["metric"])]
+    scored = [row for row in rows if row["metric"] is not None]
     tags = {
         "sweep.completed_points": sum(row["outcome"] == "completed" for row in rows),
         "sweep.failed_points": "; ".join(f"{row['point']}: {row['message']}" for row in rows if row["outcome"] != "completed"),

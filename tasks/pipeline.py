@@ -157,6 +157,17 @@ def run_stage(name: str, root: Path, pull: bool = False) -> bool:
     return ran
 
 
+def transfer(root: Path, *args: str) -> str:
+    """Run `dvc <args>` (a pull or push) in `root`; its last line of output, or RuntimeError with all of it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, env=subprocess_env(), capture_output=True, text=True
+    )
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed: {output}")
+    return output.splitlines()[-1] if output else ""
+
+
 @task(name="dvc-pull-inputs", retries=3, retry_delay_seconds=10)
 def pull_inputs(root: Path, technique: str, remote: str = TEAM_REMOTE) -> None:
     """Check out the `.dvc`-tracked image folders under inputs/<technique>/ from remote `remote`
@@ -166,20 +177,9 @@ def pull_inputs(root: Path, technique: str, remote: str = TEAM_REMOTE) -> None:
     dependencies are made of, so a fresh workspace gets them here, before its stages.
     """
     folder = f"{INPUTS}/{technique}"
-    if not (root / folder).is_dir():
-        return
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", "pull", "-R", "-r", remote, folder],
-        cwd=root,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    output = (result.stdout + result.stderr).strip()
-    if result.returncode != 0:
-        raise RuntimeError(f"dvc pull of {folder}/ from remote {remote!r} failed: {output}")
-    get_run_logger().info("dvc pull -R %s: %s", folder, output.splitlines()[-1] if output else "nothing tracked")
+    if (root / folder).is_dir():
+        summary = transfer(root, "pull", "-R", "-r", remote, folder)
+        get_run_logger().info("dvc pull -R %s: %s", folder, summary or "nothing tracked")
 
 
 @task(name="dvc-push", retries=3, retry_delay_seconds=10)
@@ -191,16 +191,5 @@ def push_outputs(root: Path, stages: list[str], remote: str = TEAM_REMOTE) -> No
         stages: the stages whose outputs (as dvc.lock records them) are pushed.
         remote: the DVC remote's name.
     """
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", "push", "--run-cache", "-r", remote, *stages],
-        cwd=root,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    output = (result.stdout + result.stderr).strip()
-    if result.returncode != 0:
-        raise RuntimeError(f"dvc push to remote {remote!r} failed: {output}")
-    summary = output.splitlines()[-1] if output else ""
+    summary = transfer(root, "push", "--run-cache", "-r", remote, *stages)
     get_run_logger().info("dvc push -r %s (%s): %s", remote, ", ".join(stages), summary)
