@@ -163,7 +163,8 @@ def gendl_training(folder: str, num_steps: int, seed: int, ema_decay: float) -> 
 
     from benchmarks.training_runs import ThroughputAfterFirstBatch
     from tasks.gan import model as gendl
-    from tasks.image_data import image_dataset, read_folder
+    from tasks.image_batches import image_dataset
+    from tasks.image_data import read_folder
     from tasks.runtime import configure_runtime
 
     rss_after_imports = current_rss_bytes()

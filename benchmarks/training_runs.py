@@ -108,7 +108,7 @@ def gendl_training(
     validation_split: float,
 ) -> dict[str, Any]:
     """gendl's prepare and load, then `fit(sequence_dataset(...))` over the first `num_sequences` windows."""
-    from tasks.text import corpus
+    from tasks.text import corpus, sequences
     from tasks.text.char_lstm import model as char_lstm
     from tasks.text.char_lstm.data import prepare_corpus
     from tasks.text.char_lstm.params import TextPaths
@@ -127,16 +127,16 @@ def gendl_training(
 
     # The first num_sequences windows: window i starts at i * step and predicts ids[i * step + maxlen].
     ids = train_ids[: (num_sequences - 1) * step + maxlen + 1]
-    if corpus.num_sequences(len(ids), maxlen, step) != num_sequences:
+    if sequences.num_sequences(len(ids), maxlen, step) != num_sequences:
         raise ValueError(f"num_sequences={num_sequences} exceeds the training part of the corpus")
-    dataset = corpus.sequence_dataset(ids, maxlen, step, batch_size, shuffle=True, seed=seed)
+    dataset = sequences.sequence_dataset(ids, maxlen, step, batch_size, shuffle=True, seed=seed)
     model = char_lstm.build_char_lstm(vocabulary.size, units)
     char_lstm.compile_model(model, learning_rate, clipnorm=0.0, jit_compile=False)
     timer = ThroughputAfterFirstBatch()
     history = model.fit(dataset, epochs=1, verbose=0, callbacks=[timer], shuffle=False)
     return {
-        "total_sequences": corpus.num_sequences(len(train_ids), maxlen, step)
-        + corpus.num_sequences(len(validation_ids), maxlen, step),
+        "total_sequences": sequences.num_sequences(len(train_ids), maxlen, step)
+        + sequences.num_sequences(len(validation_ids), maxlen, step),
         "vocab_size": vocabulary.size,
         "data_bytes": train_ids.nbytes + validation_ids.nbytes,
         "batch_window_bytes": batch_size * maxlen * 4,  # one (batch, maxlen) int32 batch, made on the fly

@@ -123,7 +123,8 @@ def gendl_training(
     import keras
 
     from benchmarks.training_runs import ThroughputAfterFirstBatch
-    from tasks.image_data import conform, image_dataset, load_keras_dataset
+    from tasks.image_batches import image_dataset
+    from tasks.image_data import conform, load_keras_dataset
     from tasks.runtime import configure_runtime
     from tasks.vae.model import VAE, build_decoder, build_encoder
 

@@ -15,39 +15,25 @@ from prefect import flow, task
 
 from flows.cli import REPO_ROOT, run_cli
 from flows.registry import TECHNIQUES
-from flows.technique_run import raise_if_failed, technique_run
-from tasks import grid, storage
+from flows.technique_run import SweepPoint, raise_if_failed, technique_run
+from tasks import grid
 from tasks.gan import log
-from tasks.gan.params import GanPaths
 
 log_training = task(log.log_training, name="log-training")
 
 
 @flow(name="gan")
 def gan_flow(
-    profile: str | None = None,
-    root: Path = REPO_ROOT,
-    overrides: dict[str, Any] | None = None,
-    sweep: dict[str, str] | None = None,
+    profile: str | None = None, root: Path = REPO_ROOT, sweep: SweepPoint | None = None
 ) -> dict[str, Any]:
     """Run the GAN stages through DVC and log every grid point's training to MLflow.
 
     A point whose loss became NaN (or that collapsed with `instability.action: stop`) keeps its last
     good generator; its child run, the parent run and the flow run end FAILED once all is logged.
     An interrupted run resumes each point after its last finished epoch.
-
-    Args:
-        profile: name of a params overlay in profiles/ (e.g. "quick"); None = params.yaml as is.
-        root: repo root holding params.yaml and dvc.yaml.
-        overrides: dotted params set over the profile, e.g. {"vae.train.beta": [0.5]} (a sweep's point).
-        sweep: {"id", "run_id", "point"} of the sweep this run is a point of (flows/sweep.py).
-
-    Returns:
-        The MLflow run ids and each grid point's metrics.
     """
-    root = Path(root).resolve()
-    paths = storage.under(root, GanPaths())
-    with technique_run(TECHNIQUES["gan"], profile, root, overrides, sweep) as run:
+    with technique_run(TECHNIQUES["gan"], profile, root, sweep) as run:
+        paths = run.paths
         run.run_stages(through="gan_train")
         child_run_ids = log_training(run.run_id, run.experiment_id, paths)
         decision = run.promote(log.log_serving_model, child_run_ids, paths)

@@ -11,13 +11,12 @@ from typing import Any
 
 from tasks import tracking
 from tasks.champion import ChampionRule
-from tasks.deepdream.params import DeepDreamParams
-from tasks.gan.params import GanParams
-from tasks.params import Params, ParamsError, did_you_mean, parse_section
-from tasks.runtime import RuntimeParams
-from tasks.style_transfer.params import StyleTransferParams
-from tasks.text.char_lstm.params import TextParams
-from tasks.vae.params import VaeParams
+from tasks.deepdream.params import DeepDreamParams, DeepDreamPaths
+from tasks.gan.params import GanParams, GanPaths
+from tasks.params import Params, ParamsError, RuntimeParams, did_you_mean, parse_section
+from tasks.style_transfer.params import StyleTransferParams, StyleTransferPaths
+from tasks.text.char_lstm.params import TextParams, TextPaths
+from tasks.vae.params import VaeParams, VaePaths
 
 SHARED_SECTIONS = {"runtime": RuntimeParams, "tracking": tracking.TrackingParams}
 
@@ -27,6 +26,7 @@ class Technique:
     name: str  # its params section, the prefix of its stages, its MLflow experiment <prefix>-<name>
     stages: tuple[str, ...]  # its dvc.yaml stages, in the order they run
     params: type[Params]  # validates its params section
+    paths: type  # the dataclass of its stages' files, relative to the repo root (storage.under)
     flow: str  # "module:function" of its Prefect flow
     # How its registered model's versions are compared (tasks/champion.py); None = nothing is
     # registered: DeepDream and style transfer optimise one image per run, there is no model to reuse.
@@ -49,6 +49,7 @@ TECHNIQUES = {
             "text",
             ("text_download", "text_prepare", "text_train", "text_sample"),
             TextParams,
+            TextPaths,
             "flows.text:text_generation",
             # Validation loss depends on the context length and the windows scored, besides the data.
             ChampionRule(
@@ -62,6 +63,7 @@ TECHNIQUES = {
             "deepdream",
             ("deepdream_image", "deepdream_dream"),
             DeepDreamParams,
+            DeepDreamPaths,
             "flows.deepdream:deepdream_flow",
             grid_axes=("deepdream.layer_settings",),
             shared_stages=("deepdream_image",),
@@ -71,8 +73,13 @@ TECHNIQUES = {
             "style_transfer",
             ("style_transfer_images", "style_transfer_stylize"),
             StyleTransferParams,
+            StyleTransferPaths,
             "flows.style_transfer:style_transfer_flow",
-            grid_axes=("style_transfer.content_weight", "style_transfer.style_weight", "style_transfer.optimizer"),
+            grid_axes=(
+                "style_transfer.content_weight",
+                "style_transfer.style_weight",
+                "style_transfer.optimizer",
+            ),
             shared_stages=("style_transfer_images",),
             comparison_image="grid.png",
         ),
@@ -80,6 +87,7 @@ TECHNIQUES = {
             "vae",
             ("vae_data", "vae_train", "vae_sample"),
             VaeParams,
+            VaePaths,
             "flows.vae:vae_flow",
             # -ELBO on the test split (reconstruction + KL whatever the beta): comparable across betas.
             ChampionRule("test_negative_elbo", data_stages=("vae_data",)),
@@ -91,6 +99,7 @@ TECHNIQUES = {
             "gan",
             ("gan_data", "gan_classifier", "gan_train"),
             GanParams,
+            GanPaths,
             "flows.gan:gan_flow",
             # The Frechet distance's scale depends on the features compared and the number of images.
             ChampionRule(

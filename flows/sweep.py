@@ -7,10 +7,10 @@ flow run, so whichever worker is free takes the next point, each in its own work
 1. The stages every point shares (data, classifier: `shared_stages` in flows/registry.py) run once,
    as a flow run of the `sweep-point/point` deployment; they push their outputs and run-cache to
    the team's DVC remote, so each point restores them instead of computing them again.
-2. Each point is a flow run of the same deployment with `overrides` setting each axis to the
-   point's value (`vae.train.beta: [0.5]`): the technique's own flow, its own DVC stages with the
-   run-cache of the remote, so a point computed before for the same code, data and params trains
-   nothing. Its MLflow run is a child of the sweep's, tagged with the sweep, point, worker and
+2. Each point is a flow run of the same deployment given its `SweepPoint`, whose overrides set
+   each axis to the point's value (`vae.train.beta: [0.5]`): the technique's own flow, its own DVC
+   stages with the run-cache of the remote, so a point computed before for the same code, data and
+   params trains nothing. Its MLflow run is a child of the sweep's, tagged with the sweep, point, worker and
    workspace.
 3. A point whose flow run CRASHED (its worker died) is submitted again, up to `point_retries` times;
    another worker takes it when one is free, and a GAN resumes from its last finished epoch kept
@@ -48,6 +48,7 @@ from prefect.deployments import run_deployment
 
 from flows.cli import REPO_ROOT
 from flows.registry import TECHNIQUES, Technique, validate
+from flows.technique_run import SweepPoint
 from tasks import grid, images, tracking
 from tasks.params import ParamsError, applied_profile, load_params, parse_yaml
 from tasks.pipeline import pull_inputs, push_outputs, run_stage, team_remote
@@ -88,7 +89,9 @@ def value_at(params: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
-def grid_points(technique: Technique, params: Mapping[str, Any], axes: Mapping[str, Sequence[Any]] | None) -> list[Point]:
+def grid_points(
+    technique: Technique, params: Mapping[str, Any], axes: Mapping[str, Sequence[Any]] | None
+) -> list[Point]:
     """Every combination of the axes' values (default: the technique's grid lists in `params`).
 
     An axis that is a list in params.yaml (a grid the stage itself expands) is set to a one-value
@@ -96,7 +99,9 @@ def grid_points(technique: Technique, params: Mapping[str, Any], axes: Mapping[s
     """
     axes = dict(axes) if axes else {key: value_at(params, key) for key in technique.grid_axes}
     if not axes:
-        raise ParamsError(f"{technique.name} has no grid of its own: give the sweep its axes (--axis key=v1,v2)")
+        raise ParamsError(
+            f"{technique.name} has no grid of its own: give the sweep its axes (--axis key=v1,v2)"
+        )
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise ParamsError(f"sweep axis {key}: give a non-empty list of values, got {values!r}")
@@ -104,7 +109,9 @@ def grid_points(technique: Technique, params: Mapping[str, Any], axes: Mapping[s
     points = []
     for values in itertools.product(*axes.values()):
         assignment = dict(zip(axes, values))
-        label = ", ".join(f"{key.rsplit('.', 1)[-1]}={grid.format_value(value)}" for key, value in assignment.items())
+        label = ", ".join(
+            f"{key.rsplit('.', 1)[-1]}={grid.format_value(value)}" for key, value in assignment.items()
+        )
         overrides = {key: [value] if is_list[key] else value for key, value in assignment.items()}
         points.append(Point(label, overrides))
     return points
@@ -143,16 +150,22 @@ def point_runs(client: mlflow.MlflowClient, experiment_id: str, sweep_id: str) -
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`sweep.id` = '{sweep_id}' and attributes.status = 'FINISHED'"
     )
-    return {run.data.tags["sweep.point"]: run for run in runs if "sweep.point" in run.data.tags}  # not the sweep's
+    return {
+        run.data.tags["sweep.point"]: run for run in runs if "sweep.point" in run.data.tags
+    }  # not the sweep's
 
 
 def end_crashed_runs(client: mlflow.MlflowClient, experiment_id: str, flow_run_ids: Sequence[str]) -> None:
     """The MLflow runs of crashed flow runs were left RUNNING by their dead process: end them KILLED,
     so each point has one finished run, its retry's."""
     for flow_run_id in flow_run_ids:
-        for run in client.search_runs([experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"):
+        for run in client.search_runs(
+            [experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
+        ):
             if run.info.status == "RUNNING":
-                client.set_tag(run.info.run_id, "failure", "its flow run crashed (worker lost); the point was retried")
+                client.set_tag(
+                    run.info.run_id, "failure", "its flow run crashed (worker lost); the point was retried"
+                )
                 client.set_terminated(run.info.run_id, status="KILLED")
 
 
@@ -173,7 +186,9 @@ def point_metric(client: mlflow.MlflowClient, run, metric: str, lower_is_better:
     return min(values) if lower_is_better else max(values)
 
 
-def compare(technique: Technique, sweep_run_id: str, sweep_id: str, attempts: list[Attempt]) -> dict[str, Any]:
+def compare(
+    technique: Technique, sweep_run_id: str, sweep_id: str, attempts: list[Attempt]
+) -> dict[str, Any]:
     """Log the comparison of the points on the sweep's run; returns it."""
     client = mlflow.MlflowClient()
     experiment_id = client.get_run(sweep_run_id).info.experiment_id
@@ -193,18 +208,30 @@ def compare(technique: Technique, sweep_run_id: str, sweep_id: str, attempts: li
                 "run_id": run.info.run_id if run else "",
                 "worker": run.data.tags.get("sweep.worker", "") if run else "",
                 "workspace": run.data.tags.get("sweep.workspace", "") if run else "",
-                "metric": point_metric(client, run, rule.metric, rule.lower_is_better) if run and rule else None,
+                "metric": point_metric(client, run, rule.metric, rule.lower_is_better)
+                if run and rule
+                else None,
             }
         )
-    mlflow.log_table({key: [row[key] for row in rows] for key in rows[0]}, "sweep_points.json", run_id=sweep_run_id)
+    mlflow.log_table(
+        {key: [row[key] for row in rows] for key in rows[0]}, "sweep_points.json", run_id=sweep_run_id
+    )
     scored = [row for row in rows if row["metric"] is not None]
     tags = {
         "sweep.completed_points": sum(row["outcome"] == "completed" for row in rows),
-        "sweep.failed_points": "; ".join(f"{row['point']}: {row['message']}" for row in rows if row["outcome"] != "completed"),
+        "sweep.failed_points": "; ".join(
+            f"{row['point']}: {row['message']}" for row in rows if row["outcome"] != "completed"
+        ),
     }
     if scored and rule:
         best = (min if rule.lower_is_better else max)(scored, key=lambda row: row["metric"])
-        tags.update({"sweep.best_point": best["point"], "sweep.best_run_id": best["run_id"], "sweep.metric": rule.metric})
+        tags.update(
+            {
+                "sweep.best_point": best["point"],
+                "sweep.best_run_id": best["run_id"],
+                "sweep.metric": rule.metric,
+            }
+        )
         tracking.log_metrics(sweep_run_id, {f"best_{rule.metric}": best["metric"]})
     tracking.set_tags(sweep_run_id, tags)
     if technique.comparison_image:
@@ -212,7 +239,9 @@ def compare(technique: Technique, sweep_run_id: str, sweep_id: str, attempts: li
     return {"points": rows, **tags}
 
 
-def log_comparison_image(client, sweep_run_id: str, artifact: str, runs: Mapping[str, Any], rows: list[dict]) -> None:
+def log_comparison_image(
+    client, sweep_run_id: str, artifact: str, runs: Mapping[str, Any], rows: list[dict]
+) -> None:
     """Each point's comparison image, labelled with the point, side by side on the sweep's run."""
     labelled = []
     with tempfile.TemporaryDirectory() as folder:
@@ -231,20 +260,19 @@ def log_comparison_image(client, sweep_run_id: str, artifact: str, runs: Mapping
 @flow(name="sweep-point")
 def sweep_point(
     technique: str,
-    overrides: dict[str, Any],
-    sweep: dict[str, str],
+    point: SweepPoint,
     profile: str | None = None,
     root: Path = REPO_ROOT,
     shared_only: bool = False,
 ) -> dict[str, Any]:
-    """One point of a sweep on a worker: the technique's flow with the point's `overrides` (its
+    """One point of a sweep on a worker: the technique's flow with the point's overrides (its
     MLflow run a child of the sweep's), or with `shared_only` just the stages all points share,
     pushed to the team remote."""
     spec = TECHNIQUES[technique]
     root = Path(root).resolve()
     if not shared_only:
-        return spec.load_flow()(profile=profile, root=root, overrides=overrides, sweep=sweep)
-    with applied_profile(root, profile, overrides):
+        return spec.load_flow()(profile=profile, root=root, sweep=point)
+    with applied_profile(root, profile, point.overrides):
         remote = team_remote(root)
         if remote:
             pull_inputs(root, technique)
@@ -289,37 +317,52 @@ def sweep(
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=f"sweep {technique} {sweep_id}",
-        tags={"technique": technique, "sweep.id": sweep_id, "sweep.points": str(len(points)), "profile": profile or "default"},
+        tags={
+            "technique": technique,
+            "sweep.id": sweep_id,
+            "sweep.points": str(len(points)),
+            "profile": profile or "default",
+        },
     ) as parent:
-        tracking.log_params(parent.info.run_id, {"sweep_point": {f"{i:02d}": p.label for i, p in enumerate(points)}})
-        reference = {"id": sweep_id, "run_id": parent.info.run_id}
-        logger.info("sweep %s of %s: %d points, MLflow run %s", sweep_id, technique, len(points), parent.info.run_id)
+        tracking.log_params(
+            parent.info.run_id, {"sweep_point": {f"{i:02d}": p.label for i, p in enumerate(points)}}
+        )
+        logger.info(
+            "sweep %s of %s: %d points, MLflow run %s", sweep_id, technique, len(points), parent.info.run_id
+        )
 
         def parameters_of(point: Point, shared_only: bool = False) -> dict[str, Any]:
             return {
                 "technique": technique,
-                "overrides": point.overrides,
-                "sweep": {**reference, "point": point.label},
+                "point": SweepPoint(
+                    id=sweep_id, run_id=parent.info.run_id, point=point.label, overrides=point.overrides
+                ).model_dump(),
                 "profile": profile,
                 "root": ".",
                 "shared_only": shared_only,
             }
 
-        shared = Attempt(Point(SHARED, {}), submit(deployment, parameters_of(Point(SHARED, {}), shared_only=True)))
-        wait_for_all([shared], deployment, lambda point: parameters_of(point, shared_only=True), point_retries)
+        shared = Attempt(
+            Point(SHARED, {}), submit(deployment, parameters_of(Point(SHARED, {}), shared_only=True))
+        )
+        wait_for_all(
+            [shared], deployment, lambda point: parameters_of(point, shared_only=True), point_retries
+        )
         if not shared.state.is_completed():
             raise SweepFailed(f"the shared stages {spec.shared_stages} failed: {shared.state.message}")
         attempts = [Attempt(point, submit(deployment, parameters_of(point))) for point in points]
         wait_for_all(attempts, deployment, parameters_of, point_retries)
         comparison = compare(spec, parent.info.run_id, sweep_id, attempts)
-        logger.info("sweep %s: %s", sweep_id, json.dumps({k: v for k, v in comparison.items() if k != "points"}))
+        logger.info(
+            "sweep %s: %s", sweep_id, json.dumps({k: v for k, v in comparison.items() if k != "points"})
+        )
         if comparison["sweep.failed_points"]:
             raise SweepFailed(f"{technique} sweep {sweep_id}: {comparison['sweep.failed_points']}")
     return {"sweep_id": sweep_id, "run_id": parent.info.run_id, **comparison}
 
 
 def parse_axis(text: str) -> tuple[str, list[Any]]:
-    """"vae.train.beta=0.5,1,4" -> ("vae.train.beta", [0.5, 1, 4]): values read as YAML scalars."""
+    """ "vae.train.beta=0.5,1,4" -> ("vae.train.beta", [0.5, 1, 4]): values read as YAML scalars."""
     key, separator, values = text.partition("=")
     if not separator or not key or not values:
         raise ParamsError(f"--axis {text!r}: write it as key=value1,value2 (e.g. vae.train.beta=0.5,1)")
@@ -329,7 +372,9 @@ def parse_axis(text: str) -> tuple[str, list[Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("technique", choices=sorted(TECHNIQUES))
-    parser.add_argument("--axis", action="append", default=[], help="key=v1,v2 (repeat); default: params.yaml's grid")
+    parser.add_argument(
+        "--axis", action="append", default=[], help="key=v1,v2 (repeat); default: params.yaml's grid"
+    )
     parser.add_argument("--profile", default=None)
     parser.add_argument("--point-retries", type=int, default=1)
     parser.add_argument("--root", type=Path, default=REPO_ROOT)

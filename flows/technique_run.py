@@ -1,36 +1,56 @@
 """What every technique's flow does around its own logging: hold the checkout and apply the params
 profile, open the MLflow parent run, run the technique's DVC stages as Prefect tasks, tag the run
 with what ran, share the outputs through the team's DVC remote when the workspace has one, and end
-the run FAILED if a grid point failed."""
+the run FAILED if a grid point failed.
+
+Every technique's flow takes the same three parameters:
+- `profile`: a params overlay in profiles/ (e.g. "quick"); None = params.yaml as is;
+- `root`: the checkout holding params.yaml and dvc.yaml (a deployment's: its workspace, ".");
+- `sweep`: set when the flow run is one point of a sweep (flows/sweep.py): a `SweepPoint`.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pydantic
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.registry import Technique, validate
-from tasks import champion, grid, tracking
+from tasks import champion, grid, storage, tracking
+from tasks.grid import TrainingFailed
 from tasks.params import applied_profile
 from tasks.pipeline import pull_inputs, push_outputs, run_stage, stage_retries, team_remote
-from tasks.training import TrainingFailed
 
 promote = task(champion.promote, name="champion", retries=2, retry_delay_seconds=5)
+
+
+class SweepPoint(pydantic.BaseModel):
+    """One point of a sweep (flows/sweep.py), as its flow run is given it."""
+
+    id: str = pydantic.Field(description="the sweep's id")
+    run_id: str = pydantic.Field(description="the sweep's MLflow run, the parent of this point's")
+    point: str = pydantic.Field(description='the point\'s label, e.g. "latent_dim=2, beta=0.5"')
+    overrides: dict[str, Any] = pydantic.Field(
+        default_factory=dict, description='dotted params set over the profile, e.g. {"vae.train.beta": [0.5]}'
+    )
 
 
 @dataclass
 class TechniqueRun:
     technique: Technique
     root: Path
+    paths: Any  # the technique's paths dataclass under `root`
     params: dict[str, Any]  # params.yaml with the profile applied: what the stages read
     stages: tuple[str, ...]  # this technique's stages, in the order they run
     run_id: str  # the MLflow parent run
@@ -53,14 +73,22 @@ class TechniqueRun:
                 self.stages_run.append(name)
             self.stages_done.append(name)
 
-    def promote(self, log_candidate: Callable[..., champion.Candidate | None], *args: Any) -> champion.Decision:
+    def promote(
+        self, log_candidate: Callable[..., champion.Candidate | None], *args: Any
+    ) -> champion.Decision:
         """After the training stage and its logging: when it ran, log the trained model as a pyfunc
         generator (`log_candidate(*args)`, a Prefect task) and register it; decide on the champion
         (tasks/champion.py)."""
         trained = f"{self.technique.name}_train" in self.stages_run
         candidate = task(log_candidate, name="log-serving-model")(*args) if trained else None
         return promote(
-            self.technique.name, self.technique.champion, self.run_id, self.params, self.root, trained, candidate
+            self.technique.name,
+            self.technique.champion,
+            self.run_id,
+            self.params,
+            self.root,
+            trained,
+            candidate,
         )
 
     def publish(self, summary: str, artifact_key: str, **results: Any) -> dict[str, Any]:
@@ -74,6 +102,28 @@ class TechniqueRun:
             "tracking_uri": self.tracking_uri,
             **results,
         }
+
+
+def image_per_point_flow(
+    technique: Technique,
+    profile: str | None,
+    root: Path,
+    sweep: SweepPoint | None,
+    log_points: Callable[[str, str, Any], list[str]],
+    summary: Callable[[Any, str, str], str],
+) -> dict[str, Any]:
+    """The whole flow of a technique whose stages optimise one image per grid point (DeepDream,
+    style transfer): the stages, then `log_points` (a Prefect task: one child run per point), then
+    the `summary` of the paths' results published."""
+    with technique_run(technique, profile, root, sweep) as run:
+        run.run_stages(through=technique.stages[-1])
+        child_run_ids = log_points(run.run_id, run.experiment_id, run.paths)
+    return run.publish(
+        summary(run.paths, run.run_id, run.tracking_uri),
+        f"{technique.name.replace('_', '-')}-summary",
+        child_run_ids=child_run_ids,
+        metrics=json.loads(run.paths.metrics.read_text()),
+    )
 
 
 def raise_if_failed(points: Sequence[dict[str, Any]]) -> None:
@@ -113,15 +163,15 @@ def share_outputs(run: TechniqueRun, failed: bool) -> None:
         logger.warning("the finished stages' outputs were not pushed to the team remote: %s", state.message)
 
 
-def sweep_tags(sweep: Mapping[str, str] | None, root: Path) -> dict[str, str]:
-    """A sweep's point (flows/sweep.py) is a child of the sweep's MLflow run, tagged with the sweep,
-    its point, the worker and the workspace it ran in."""
-    if not sweep:
+def sweep_tags(sweep: SweepPoint | None, root: Path) -> dict[str, str]:
+    """A sweep's point is a child of the sweep's MLflow run, tagged with the sweep, its point, the
+    worker and the workspace it ran in."""
+    if sweep is None:
         return {}
     return {
-        MLFLOW_PARENT_RUN_ID: sweep["run_id"],
-        "sweep.id": sweep["id"],
-        "sweep.point": sweep["point"],
+        MLFLOW_PARENT_RUN_ID: sweep.run_id,
+        "sweep.id": sweep.id,
+        "sweep.point": sweep.point,
         "sweep.worker": os.environ.get("GENDL_WORKER_NAME") or socket.gethostname(),
         "sweep.workspace": str(root),
     }
@@ -129,16 +179,13 @@ def sweep_tags(sweep: Mapping[str, str] | None, root: Path) -> dict[str, str]:
 
 @contextmanager
 def technique_run(
-    technique: Technique,
-    profile: str | None,
-    root: Path,
-    overrides: Mapping[str, Any] | None = None,
-    sweep: Mapping[str, str] | None = None,
+    technique: Technique, profile: str | None, root: Path, sweep: SweepPoint | None = None
 ) -> Iterator[TechniqueRun]:
-    """The MLflow parent run of one flow run; it ends FAILED if the body raises. `overrides` are
-    dotted params set on top of the profile (a sweep's point), `sweep` the point's sweep."""
+    """The MLflow parent run of one flow run; it ends FAILED if the body raises. A sweep's point
+    sets its overrides on top of the profile."""
     logger = get_run_logger()
-    with applied_profile(root, profile, overrides) as params:
+    root = Path(root).resolve()
+    with applied_profile(root, profile, sweep.overrides if sweep else None) as params:
         settings = validate(params, [technique.name])["tracking"]
         tracking_uri = tracking.resolve_tracking_uri(settings.uri, root)
         refuse_workspace_store(tracking_uri, root)
@@ -148,7 +195,7 @@ def technique_run(
         )
         with mlflow.start_run(
             experiment_id=experiment_id,
-            run_name=f"{technique.name} {sweep['point'] if sweep else runtime.flow_run.name or ''}".strip(),
+            run_name=f"{technique.name} {sweep.point if sweep else runtime.flow_run.name or ''}".strip(),
             tags={
                 "technique": technique.name,
                 "profile": profile or "default",
@@ -157,8 +204,17 @@ def technique_run(
                 **sweep_tags(sweep, root),
             },
         ) as parent:
+            paths = storage.under(root, technique.paths())
             run = TechniqueRun(
-                technique, root, params, technique.stages, parent.info.run_id, experiment_id, tracking_uri, remote
+                technique,
+                root,
+                paths,
+                params,
+                technique.stages,
+                parent.info.run_id,
+                experiment_id,
+                tracking_uri,
+                remote,
             )
             # Under a worker both are the flow run's clone (an editable install must not win).
             logger.info("workspace %s, flow code %s", root, Path(__file__).resolve().parent.parent)
@@ -166,7 +222,9 @@ def technique_run(
             if remote:
                 logger.info("DVC remote %s: stages restore what it holds, outputs are pushed after", remote)
                 pull_inputs(root, technique.name)
-            tracking.log_params(run.run_id, {technique.name: params[technique.name], "runtime": params["runtime"]})
+            tracking.log_params(
+                run.run_id, {technique.name: params[technique.name], "runtime": params["runtime"]}
+            )
             try:
                 yield run
             except Exception:  # re-raised: only shares what finished before the failure

@@ -16,8 +16,7 @@ from prefect import flow, task
 
 from flows.cli import REPO_ROOT, run_cli
 from flows.registry import TECHNIQUES
-from flows.technique_run import technique_run
-from tasks import storage
+from flows.technique_run import SweepPoint, technique_run
 from tasks.text.char_lstm import log
 from tasks.text.char_lstm.params import TextPaths
 
@@ -27,25 +26,11 @@ log_samples = task(log.log_samples, name="log-samples")
 
 @flow(name="text-generation")
 def text_generation(
-    profile: str | None = None,
-    root: Path = REPO_ROOT,
-    overrides: dict[str, Any] | None = None,
-    sweep: dict[str, str] | None = None,
+    profile: str | None = None, root: Path = REPO_ROOT, sweep: SweepPoint | None = None
 ) -> dict[str, Any]:
-    """Run the text-generation stages through DVC and log their outputs to MLflow.
-
-    Args:
-        profile: name of a params overlay in profiles/ (e.g. "quick"); None = params.yaml as is.
-        root: repo root holding params.yaml and dvc.yaml.
-        overrides: dotted params set over the profile, e.g. {"vae.train.beta": [0.5]} (a sweep's point).
-        sweep: {"id", "run_id", "point"} of the sweep this run is a point of (flows/sweep.py).
-
-    Returns:
-        The MLflow run ids and the training and sampling results.
-    """
-    root = Path(root).resolve()
-    paths = storage.under(root, TextPaths())
-    with technique_run(TECHNIQUES["text"], profile, root, overrides, sweep) as run:
+    """Run the text-generation stages through DVC and log their outputs to MLflow."""
+    with technique_run(TECHNIQUES["text"], profile, root, sweep) as run:
+        paths = run.paths
         run.run_stages(through="text_train")
         train_metrics = log_training(run.run_id, paths)
         decision = run.promote(log.log_serving_model, run.run_id, paths)

@@ -16,8 +16,8 @@ from prefect import flow, task
 
 from flows.cli import REPO_ROOT, run_cli
 from flows.registry import TECHNIQUES
-from flows.technique_run import raise_if_failed, technique_run
-from tasks import grid, storage
+from flows.technique_run import SweepPoint, raise_if_failed, technique_run
+from tasks import grid
 from tasks.vae import log
 from tasks.vae.params import VaePaths
 
@@ -27,29 +27,16 @@ log_samples = task(log.log_samples, name="log-samples")
 
 @flow(name="vae")
 def vae_flow(
-    profile: str | None = None,
-    root: Path = REPO_ROOT,
-    overrides: dict[str, Any] | None = None,
-    sweep: dict[str, str] | None = None,
+    profile: str | None = None, root: Path = REPO_ROOT, sweep: SweepPoint | None = None
 ) -> dict[str, Any]:
     """Run the VAE stages through DVC and log every grid point's training and latent space to MLflow.
 
     A grid point whose loss became NaN keeps its last good epoch's models; its child run and the
-    parent run end FAILED and the flow raises `tasks.training.TrainingFailed` once everything is
+    parent run end FAILED and the flow raises `tasks.grid.TrainingFailed` once everything is
     logged.
-
-    Args:
-        profile: name of a params overlay in profiles/ (e.g. "quick"); None = params.yaml as is.
-        root: repo root holding params.yaml and dvc.yaml.
-        overrides: dotted params set over the profile, e.g. {"vae.train.beta": [0.5]} (a sweep's point).
-        sweep: {"id", "run_id", "point"} of the sweep this run is a point of (flows/sweep.py).
-
-    Returns:
-        The MLflow run ids and each grid point's training and sampling metrics.
     """
-    root = Path(root).resolve()
-    paths = storage.under(root, VaePaths())
-    with technique_run(TECHNIQUES["vae"], profile, root, overrides, sweep) as run:
+    with technique_run(TECHNIQUES["vae"], profile, root, sweep) as run:
+        paths = run.paths
         run.run_stages(through="vae_train")
         child_run_ids = log_training(run.run_id, run.experiment_id, paths)
         decision = run.promote(log.log_serving_model, child_run_ids, paths)

@@ -18,9 +18,9 @@ import keras
 import tensorflow as tf
 
 from tasks import storage
+from tasks.params import BACKBONES
 from tasks.steps import StepError
 
-BACKBONES = ("inception_v3", "vgg16", "vgg19", "hed_vgg16")
 MIN_INPUT_SIZE = {"inception_v3": 75, "vgg16": 32, "vgg19": 32, "hed_vgg16": 32}  # pixels, for the pooling
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.vgg16.preprocess_input's
 

@@ -20,6 +20,11 @@ from tasks import storage
 Point = TypeVar("Point")
 
 
+class TrainingFailed(RuntimeError):
+    """Training of one or more grid points failed (a NaN loss, a collapse); raised by the flow
+    with their `failures` once everything that was kept has been logged."""
+
+
 def expand(point_type: type[Point], **axes: Sequence[Any]) -> list[Point]:
     """Every combination of the axes' values, the first axis (in field order) varying slowest."""
     names = [item.name for item in fields(point_type)]

@@ -1,20 +1,22 @@
 """Image datasets the techniques that learn a distribution of images share (the VAE, the GAN):
-MNIST and Fashion-MNIST through keras.datasets, or a folder of images with class subfolders,
-conformed to one size and channel count, stored as uint8 and fed to Keras a batch at a time. The
-data step of both techniques is `prepare_image_data`."""
+MNIST and Fashion-MNIST as keras.datasets loads them, or a folder of images with class subfolders,
+conformed to one size and channel count and stored as uint8 (tasks/image_batches.py feeds them to
+Keras). The data step of both techniques is `prepare_image_data`; it reads the Keras datasets from
+the Keras cache itself and loads TensorFlow only when images must be resized or converted."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import keras
 import numpy as np
 import pydantic
-import tensorflow as tf
 from PIL import Image, ImageOps
 
 from tasks import images, storage
@@ -40,7 +42,12 @@ CLASS_NAMES = {  # the labels of the Keras datasets, in label order
         "Ankle boot",
     ],
 }
-DOWNLOADED_FILES = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist/train-images-idx3-ubyte.gz"}
+MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"  # keras.datasets.mnist's
+FASHION_MNIST_FOLDER = "fashion-mnist"  # in the Keras cache's datasets/, as keras.datasets keeps them
+FASHION_MNIST_FILES = (  # (images, labels) of the train and the test split, gzipped IDX files
+    ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+)
 
 
 class DatasetError(StepError, ValueError):
@@ -81,21 +88,56 @@ class Split:
 
 
 def load_keras_dataset(name: str, section: str) -> tuple[Split, Split]:
-    """MNIST or Fashion-MNIST through keras.datasets (cached in $KERAS_HOME/datasets)."""
-    loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist}[name]
+    """MNIST or Fashion-MNIST, the arrays keras.datasets loads, read from the Keras cache
+    ($KERAS_HOME/datasets) without importing Keras; downloaded into it when missing."""
     try:
-        with storage.network_timeout():
-            (train_images, train_labels), (test_images, test_labels) = loader.load_data()
-    # load_data re-raises URL and HTTP failures as bare `Exception`, so nothing narrower catches them.
-    except Exception as error:
+        if name == "mnist":
+            path = storage.cached_download(KERAS_DATASETS_URL + "mnist.npz", MNIST_SHA256)
+            with np.load(path, allow_pickle=False) as arrays:
+                splits = [(arrays[f"x_{split}"], arrays[f"y_{split}"]) for split in ("train", "test")]
+        else:
+            splits = [
+                (fashion_mnist(images), fashion_mnist(labels)) for images, labels in FASHION_MNIST_FILES
+            ]
+    except storage.DownloadError as error:
         raise storage.DownloadError(
-            f"could not load {name} from {KERAS_DATASETS_URL}: {error}. Offline? "
-            + storage.offline_hint(DOWNLOADED_FILES[name])
-            + f" (it has Fashion-MNIST: set {section}.data.dataset to fashion_mnist)",
-            retryable=True,
+            f"could not load {name}: {error} "
+            f"(it has Fashion-MNIST: set {section}.data.dataset to fashion_mnist)",
+            retryable=error.retryable,
         ) from None
-    train = Split(train_images, train_labels.astype(np.int32))
-    return train, Split(test_images, test_labels.astype(np.int32))
+    train, test = (Split(images, labels.astype(np.int32)) for images, labels in splits)
+    return train, test
+
+
+def fashion_mnist(file: str) -> np.ndarray:
+    """One of Fashion-MNIST's arrays, from its file in the Keras cache."""
+    return read_idx_file(storage.cached_download(KERAS_DATASETS_URL + file, subdir=FASHION_MNIST_FOLDER))
+
+
+def read_idx_file(path: Path) -> np.ndarray:
+    """The array in a gzipped IDX file (as the MNIST datasets ship)."""
+    try:
+        return decode_idx(gzip.decompress(path.read_bytes()))
+    except (OSError, EOFError, DatasetError) as error:  # gzip's errors are OSError and EOFError
+        raise DatasetError(
+            f"{path} is not a gzipped IDX file ({error}): delete it to download it again"
+        ) from None
+
+
+def decode_idx(raw: bytes) -> np.ndarray:
+    """An IDX array of unsigned bytes: two zero bytes, the type code 0x08, the number of dimensions,
+    each dimension as a big-endian uint32, then the values in row-major order."""
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise DatasetError(
+            f"not an IDX array of unsigned bytes (it starts with {raw[:4].hex() or 'nothing'})"
+        )
+    header_size = 4 + 4 * raw[3]
+    if len(raw) < header_size:
+        raise DatasetError(f"IDX header cut short: {len(raw)} of {header_size} bytes")
+    shape = struct.unpack(f">{raw[3]}I", raw[4:header_size])
+    if len(raw) - header_size != math.prod(shape):
+        raise DatasetError(f"IDX array of shape {shape} holds {len(raw) - header_size} values")
+    return np.frombuffer(raw, np.uint8, offset=header_size).reshape(shape)
 
 
 def conform(pixels: np.ndarray, image_size: int, channels: int, batch_size: int = 4096) -> np.ndarray:
@@ -107,6 +149,8 @@ def conform(pixels: np.ndarray, image_size: int, channels: int, batch_size: int 
         raise DatasetError(f"expected images of shape (n, height, width[, 1 or 3]), got {pixels.shape}")
     if pixels.shape[1:] == (image_size, image_size, channels):
         return pixels
+    import tensorflow as tf  # only to resize or convert: images that fit the model never load it
+
     conformed = []
     for start in range(0, len(pixels), batch_size):
         batch = tf.convert_to_tensor(pixels[start : start + batch_size], tf.float32)
@@ -188,26 +232,6 @@ def load_split(path: Path) -> Split:
         return Split(arrays["images"], arrays["labels"])
 
 
-def image_dataset(
-    pixels: np.ndarray, batch_size: int, shuffle: bool, seed: int | None = None
-) -> tf.data.Dataset:
-    """Batches of (batch, h, w, c) float32 in [0, 1], converted per batch from the uint8 images
-    (4x less memory than the book's float array). Only indices are shuffled (no second copy of the
-    images in a shuffle buffer); each batch is gathered in one op."""
-    stored = tf.constant(pixels)
-    indices = tf.data.Dataset.range(len(pixels))
-    if shuffle:
-        indices = indices.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
-    return (
-        indices.batch(batch_size)
-        .map(
-            lambda batch: tf.cast(tf.gather(stored, batch), tf.float32) / 255.0,
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        .prefetch(tf.data.AUTOTUNE)
-    )
-
-
 def check_input_folder(folder: Path, inputs: Path) -> None:
     """A folder under `inputs` (inputs/<section>/, a dependency of the data stage in dvc.yaml) is one
     DVC sees: changing its images re-runs the stage, and once `dvc add`-ed and pushed, a teammate's
@@ -246,7 +270,10 @@ def prepare_image_data(
         train, test = load_keras_dataset(params.dataset, section)
         class_names = CLASS_NAMES[params.dataset]
     train, test = (
-        Split(conform(split.images[: limit or None], params.image_size, params.channels), split.labels[: limit or None])
+        Split(
+            conform(split.images[: limit or None], params.image_size, params.channels),
+            split.labels[: limit or None],
+        )
         for split, limit in ((train, max_train_images), (test, max_test_images))
     )
     save_split(train, destination / "train.npz")

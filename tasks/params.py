@@ -1,8 +1,9 @@
 """Reading params.yaml (plus an optional profile overlay) into validated, typed sections.
 
 Each technique declares its own pydantic models next to the code that uses them; this module
-only reads YAML, merges profiles and turns validation failures into one readable error that
-names the offending key.
+reads YAML, merges profiles and turns validation failures into one readable error that names the
+offending key. It also declares what every technique's params share: the `runtime` section and
+the backbone names. It imports no TensorFlow, so validating params is quick in any process.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pydantic
 from ruamel.yaml import YAML, YAMLError
@@ -30,6 +31,9 @@ PROFILES_DIR = "profiles"
 CHECKOUT_LOCK = Path(".gendl/checkout.lock")  # held by the flow run that works in this checkout
 PARAMS_BACKUP = Path(".gendl/params.yaml.original")  # params.yaml as it was while a profile is applied
 
+# The convnets a `backbone` key may name; tasks/backbones.py loads them.
+BACKBONES = ("inception_v3", "vgg16", "vgg19", "hed_vgg16")
+
 Section = TypeVar("Section", bound=pydantic.BaseModel)
 
 
@@ -41,6 +45,16 @@ class Params(pydantic.BaseModel):
     """Base for params sections: frozen, strictly typed, unknown keys rejected."""
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class RuntimeParams(Params):
+    """The `runtime` section every technique's steps read (tasks/runtime.py sets the devices up)."""
+
+    seed: int = pydantic.Field(ge=0)
+    dtype_policy: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+    jit_compile: bool
+    memory_growth: bool
+    distribute: Literal["auto", "mirrored", "default"]
 
 
 def parse_yaml(text: str) -> Any:

@@ -4,23 +4,11 @@ the tf.distribute strategy. GPU when present, CPU otherwise, from the same code 
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 import keras
-import pydantic
 import tensorflow as tf
 
-from tasks.params import Params
-
 log = logging.getLogger(__name__)
-
-
-class RuntimeParams(Params):
-    seed: int = pydantic.Field(ge=0)
-    dtype_policy: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
-    jit_compile: bool
-    memory_growth: bool
-    distribute: Literal["auto", "mirrored", "default"]
 
 
 def configure_runtime(

@@ -1,5 +1,6 @@
 """Files the steps share: downloads through the Keras cache (verified, written atomically into the
-repo for DVC), atomic JSON and CSV records, and the steps' paths under a repo root."""
+repo for DVC), atomic JSON and CSV records (training histories too), and the steps' paths under a
+repo root."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
-
-import keras
 
 from tasks.steps import StepError
 
@@ -80,26 +79,39 @@ def fetch(url: str, destination: Path, sha256: str = "") -> Path:
     return destination
 
 
-def cached_download(url: str, sha256: str = "") -> Path:
-    """The Keras-cache copy of `url` (`$KERAS_HOME/datasets/<file name>`), downloaded if missing."""
+def cached_download(url: str, sha256: str = "", subdir: str = "") -> Path:
+    """The Keras-cache copy of `url` (`$KERAS_HOME/datasets/[<subdir>/]<file name>`), downloaded
+    with keras.utils.get_file if missing; a cached copy is used without importing Keras."""
     filename = Path(urllib.parse.urlsplit(url).path).name
     if not filename:
         raise DownloadError(f"cannot tell a file name from the URL {url!r}")
-    cached = keras_cache() / filename
-    # get_file would re-download a mismatching copy and delete it when that fails (offline):
-    # say so instead, and keep what may be the only copy.
-    if sha256 and cached.is_file() and (actual := sha256_of(cached)) != sha256:
-        raise DownloadError(
-            f"{cached} has sha256 {actual}, expected {sha256}: fix the expected hash in "
-            "params.yaml, or delete the file to download it again"
-        )
+    relative = str(Path(subdir, filename))
+    cached = keras_cache() / relative
+    if cached.is_file():
+        # get_file would re-download a mismatching copy and delete it when that fails (offline):
+        # say so instead, and keep what may be the only copy.
+        if sha256 and (actual := sha256_of(cached)) != sha256:
+            raise DownloadError(
+                f"{cached} has sha256 {actual}, expected {sha256}: fix the expected hash in "
+                "params.yaml, or delete the file to download it again"
+            )
+        return cached
+    import keras  # only to download: a step whose file is cached never loads TensorFlow
+
     try:
         with network_timeout():
-            return Path(keras.utils.get_file(filename, origin=url, file_hash=sha256 or None))
+            return Path(
+                keras.utils.get_file(
+                    filename,
+                    origin=url,
+                    file_hash=sha256 or None,
+                    cache_subdir=str(Path("datasets", subdir)),
+                )
+            )
     # get_file re-raises URL and HTTP failures as bare `Exception`, so nothing narrower catches them.
     except Exception as error:
         raise DownloadError(
-            f"could not download {url}: {error}. Offline? {offline_hint(filename)}", retryable=True
+            f"could not download {url}: {error}. Offline? {offline_hint(relative)}", retryable=True
         ) from None
 
 
@@ -109,6 +121,7 @@ def keras_cache() -> Path:
 
 
 def offline_hint(filename: str) -> str:
+    """How to work offline without `filename` (relative to the Keras cache's datasets folder)."""
     return (
         f"Put {filename} in the Keras cache ({keras_cache() / filename}): set KERAS_HOME to a filled "
         'Keras cache, for example export KERAS_HOME="$(mktemp -d)" && cp -r ../shared/keras-home/. "$KERAS_HOME"'
@@ -143,6 +156,11 @@ def read_rows(path: Path) -> list[dict[str, float]]:
         return [
             {key: float(value) for key, value in row.items() if value != ""} for row in csv.DictReader(file)
         ]
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """keras.callbacks.CSVLogger rows with a 1-based epoch (MLflow's step)."""
+    return [{**row, "epoch": int(row["epoch"]) + 1} for row in read_rows(path)]
 
 
 def write_rows(path: Path, rows: Sequence[dict[str, float]]) -> None:

@@ -1,6 +1,6 @@
 """Keras training helpers the techniques that train a model share: a progress log that works in
-any log sink, the NaN guard that keeps the last good epoch, reading CSVLogger histories, and saving
-a model so a reader never sees half a file."""
+any log sink, the NaN guard that keeps the last good epoch, and saving a model so a reader never
+sees half a file."""
 
 from __future__ import annotations
 
@@ -13,14 +13,7 @@ from pathlib import Path
 
 import keras
 
-from tasks import storage
-
 log = logging.getLogger(__name__)
-
-
-class TrainingFailed(RuntimeError):
-    """Training of one or more grid points failed (a NaN loss, a collapse); raised by the flow
-    once everything that was kept has been logged."""
 
 
 def all_finite(logs: Mapping[str, float] | None) -> bool:
@@ -99,11 +92,6 @@ class ProgressLog(keras.callbacks.Callback):
             self.steps_per_epoch * self.batch_size / seconds,
             summary,
         )
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    """keras.callbacks.CSVLogger rows with a 1-based epoch (MLflow's step)."""
-    return [{**row, "epoch": int(row["epoch"]) + 1} for row in storage.read_rows(path)]
 
 
 def save_model_atomically(model: keras.Model, path: Path) -> None:

@@ -1,5 +1,5 @@
-"""What DeepDream sends to MLflow, called by the flow after the dream step (no DVC stage imports
-this module: changing what is logged re-runs nothing)."""
+"""What DeepDream sends to MLflow and the flow's summary, called by the flow after the dream step
+(no DVC stage imports this module: changing what is logged re-runs nothing)."""
 
 from __future__ import annotations
 
@@ -38,3 +38,19 @@ def log_dreams(parent_run_id: str, experiment_id: str, paths: DeepDreamPaths) ->
             client.log_artifact(run_id, str(paths.dreams / result["image"]))
             child_ids.append(run_id)
     return child_ids
+
+
+def summary(paths: DeepDreamPaths, run_id: str, tracking_uri: str) -> str:
+    """The flow run's markdown summary: each layer setting's loss, steps and time per octave."""
+    metrics = json.loads(paths.metrics.read_text())
+    settings = json.loads((paths.dreams / "results.json").read_text())["settings"]
+    lines = [
+        "## DeepDream",
+        f"- MLflow run `{run_id}` ({tracking_uri}); comparison grid `{paths.dreams / 'grid.png'}`",
+    ]
+    for setting, values in zip(settings, metrics.values()):
+        lines.append(
+            f"- `{setting['name']}`: loss {values['first_loss']:.3g} -> {values['final_loss']:.3g} in "
+            f"{values['steps']} steps, {values['mean_seconds_per_octave']:.1f} s per octave"
+        )
+    return "\n".join(lines)

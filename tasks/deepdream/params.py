@@ -9,9 +9,7 @@ from typing import Literal
 
 import pydantic
 
-from tasks.backbones import BACKBONES
-from tasks.params import Params, load_params, parse_section
-from tasks.runtime import RuntimeParams
+from tasks.params import BACKBONES, Params, RuntimeParams, load_params, parse_section
 
 SECTION = "deepdream"
 

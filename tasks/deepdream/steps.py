@@ -18,7 +18,8 @@ from tasks.backbones import from_unit_to_pixels, load_backbone
 from tasks.deepdream import model
 from tasks.deepdream.model import LayerSetting
 from tasks.deepdream.params import DeepDreamParams, DeepDreamPaths, load
-from tasks.runtime import RuntimeParams, configure_runtime
+from tasks.params import RuntimeParams
+from tasks.runtime import configure_runtime
 from tasks.steps import run_steps
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typing import Any
 import mlflow
 from PIL import Image
 
-from tasks import champion, grid, image_serving, storage, tracking
+from tasks import champion, grid, storage, tracking
 from tasks.gan import serving
 from tasks.gan.params import GanPaths
 from tasks.image_data import read_summary
@@ -52,6 +52,8 @@ def log_serving_model(child_run_ids: dict[str, str], paths: GanPaths) -> champio
     distance); the best of those as a pyfunc image generator (num_images and a seed, or latent points
     -> PNG images) on its child run: the registry's candidate. None if no generator has a finite
     Frechet distance."""
+    from tasks import image_serving  # loads Keras: only a flow run whose training ran gets here
+
     choices = []
     for point in grid.read_points(paths.training / "points.json"):
         stem, score = serving.best_generator(point["metrics"])

@@ -9,8 +9,7 @@ from typing import Literal
 import pydantic
 
 from tasks.image_data import ImageDataParams
-from tasks.params import Params, load_params, parse_section
-from tasks.runtime import RuntimeParams
+from tasks.params import Params, RuntimeParams, load_params, parse_section
 from tasks.steps import StepError
 
 TECHNIQUE = "gan"

@@ -24,7 +24,8 @@ from tasks import storage
 from tasks.backbones import BackboneError, load_backbone
 from tasks.gan.params import GanError, GanPaths, load
 from tasks.image_data import load_split
-from tasks.runtime import RuntimeParams, configure_runtime
+from tasks.params import RuntimeParams
+from tasks.runtime import configure_runtime
 from tasks.steps import run_steps
 from tasks.training import save_model_atomically
 

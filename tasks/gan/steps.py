@@ -36,8 +36,10 @@ from tasks.gan.model import (
 from tasks.gan.params import GanError, GanPaths, InstabilityParams, load
 from tasks.gan.resume import restore_checkpoint, save_checkpoint
 from tasks.gan.score import feature_statistics, features_of, frechet_distance, score_features
-from tasks.image_data import Split, image_dataset, load_split
-from tasks.runtime import RuntimeParams, configure_runtime
+from tasks.image_batches import image_dataset
+from tasks.image_data import Split, load_split
+from tasks.params import RuntimeParams
+from tasks.runtime import configure_runtime
 from tasks.steps import run_steps
 from tasks.training import NanGuard, ProgressLog, all_finite, save_model_atomically
 

@@ -1,5 +1,5 @@
-"""What style transfer sends to MLflow, called by the flow after the stylize step (no DVC stage
-imports this module: changing what is logged re-runs nothing)."""
+"""What style transfer sends to MLflow and the flow's summary, called by the flow after the stylize
+step (no DVC stage imports this module: changing what is logged re-runs nothing)."""
 
 from __future__ import annotations
 
@@ -37,3 +37,20 @@ def log_stylizations(parent_run_id: str, experiment_id: str, paths: StyleTransfe
             client.log_artifact(run_id, str(folder / "final.png"))
             child_ids.append(run_id)
     return child_ids
+
+
+def summary(paths: StyleTransferPaths, run_id: str, tracking_uri: str) -> str:
+    """The flow run's markdown summary: each grid point's final losses, steps and time."""
+    points = json.loads((paths.results / "results.json").read_text())["points"]
+    lines = [
+        "## Neural style transfer",
+        f"- MLflow run `{run_id}` ({tracking_uri}); comparison grid `{paths.results / 'grid.png'}`",
+    ]
+    for point in points:
+        final = point["metrics"]
+        lines.append(
+            f"- `{point['label']}`: loss {final['final_loss']:.4g} (content {final['final_content_loss']:.3g}, "
+            f"style {final['final_style_loss']:.3g}, TV {final['final_total_variation_loss']:.3g}) after "
+            f"{point['steps']} steps, {final['seconds']:.1f} s"
+        )
+    return "\n".join(lines)

@@ -15,7 +15,8 @@ from typing import Any
 
 from tasks import grid, images, storage
 from tasks.backbones import load_backbone
-from tasks.runtime import RuntimeParams, configure_runtime
+from tasks.params import RuntimeParams
+from tasks.runtime import configure_runtime
 from tasks.steps import run_steps
 from tasks.style_transfer import model
 from tasks.style_transfer.optimizers import LossHistory

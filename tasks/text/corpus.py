@@ -1,8 +1,6 @@
 """A text corpus as the text generators see it: read and decoded, encoded as integer ids over its
-vocabulary, split into train and validation parts, and cut into (window, next id) training pairs.
-
-Sequences are windows over the integer-encoded corpus, made batch by batch inside the input
-pipeline, instead of the book's (sequences, maxlen, vocabulary) boolean array (hundreds of MB).
+vocabulary, split into train and validation parts, and stored for training (tasks/text/sequences.py
+cuts it into training pairs).
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from tasks import storage
 from tasks.steps import StepError
@@ -183,33 +180,3 @@ def corpus_seed(ids: np.ndarray, vocabulary: Vocabulary, maxlen: int, seed: int)
     """A random `maxlen`-long window of the corpus, to generate after."""
     start = np.random.default_rng(seed).integers(0, len(ids) - maxlen)
     return vocabulary.decode(ids[start : start + maxlen])
-
-
-# --- Sequences --------------------------------------------------------------------------------
-
-
-def num_sequences(num_chars: int, maxlen: int, step: int) -> int:
-    return len(range(0, num_chars - maxlen, step))
-
-
-def sequence_dataset(
-    ids: np.ndarray, maxlen: int, step: int, batch_size: int, shuffle: bool, seed: int | None = None
-) -> tf.data.Dataset:
-    """(batch, maxlen) int32 windows every `step` characters and the (batch,) next character.
-
-    Only the start positions are shuffled (fully, again every epoch); each batch of windows is
-    then gathered from the encoded corpus in one op. (keras.utils.timeseries_dataset_from_array
-    builds one element per window and was measured about 30% slower on 2 cores.)
-    """
-    corpus = tf.constant(ids, tf.int32)
-    starts = tf.data.Dataset.from_tensor_slices(np.arange(0, len(ids) - maxlen, step, dtype=np.int32))
-    if shuffle:
-        starts = starts.shuffle(len(ids) // step + 1, seed=seed, reshuffle_each_iteration=True)
-
-    def windows(batch_starts):
-        positions = batch_starts[:, None] + tf.range(maxlen)  # (batch, maxlen)
-        return tf.gather(corpus, positions), tf.gather(corpus, batch_starts + maxlen)
-
-    return (
-        starts.batch(batch_size).map(windows, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    )

@@ -4,15 +4,11 @@ space, and the entropy of the distribution a token is drawn from."""
 from __future__ import annotations
 
 import math
-from typing import Annotated
 
 import numpy as np
-import pydantic
 from keras import ops
 
 from tasks.text.corpus import TextError
-
-Temperature = Annotated[float, pydantic.Field(gt=0.0, allow_inf_nan=False)]
 
 
 def check_temperature(temperature: float) -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tasks.image_data import image_dataset
+from tasks.image_batches import image_dataset
 from tasks.images import mosaic
 
 

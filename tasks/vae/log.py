@@ -14,9 +14,9 @@ import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from tasks import champion, grid, image_serving, tracking
+from tasks import champion, grid, tracking
 from tasks.image_data import read_summary
-from tasks.training import read_history
+from tasks.storage import read_history
 from tasks.vae.params import VaePaths
 
 
@@ -79,6 +79,8 @@ def log_serving_model(child_run_ids: dict[str, str], paths: VaePaths) -> champio
     """The decoder of the point with the lowest test -ELBO, as a pyfunc image generator (num_images
     and a seed, or latent points -> PNG images) on its child run: the registry's candidate. None if
     no point finished with a finite one."""
+    from tasks import image_serving  # loads Keras: only a flow run whose training ran gets here
+
     scored = [
         (negative_elbo(point["metrics"]), point)
         for point in grid.read_points(paths.training / "points.json")

@@ -23,9 +23,12 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from tasks.image_data import Split, image_dataset
-from tasks.runtime import RuntimeParams, configure_runtime
-from tasks.training import NanGuard, ProgressLog, read_history, save_model_atomically
+from tasks.image_batches import image_dataset
+from tasks.image_data import Split
+from tasks.params import RuntimeParams
+from tasks.runtime import configure_runtime
+from tasks.storage import read_history
+from tasks.training import NanGuard, ProgressLog, save_model_atomically
 
 LOSS_TERMS = ("total_loss", "reconstruction_loss", "kl_loss")
 

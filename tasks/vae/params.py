@@ -16,8 +16,7 @@ import pydantic
 import pydantic_core
 
 from tasks.image_data import CLASS_NAMES, ImageDataParams
-from tasks.params import Params, load_params, parse_section
-from tasks.runtime import RuntimeParams
+from tasks.params import Params, RuntimeParams, load_params, parse_section
 
 # YAML reads `source: 4` as a number; class names are strings ("4" is an MNIST digit's name).
 ClassName = Annotated[

@@ -19,7 +19,7 @@ import numpy as np
 from tasks import grid, images, storage
 from tasks.image_data import Split, load_split, read_summary
 from tasks.images import mosaic
-from tasks.runtime import RuntimeParams
+from tasks.params import RuntimeParams
 from tasks.steps import StepError, run_steps
 from tasks.vae.latent import (
     class_examples,

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from flows.gan import gan_flow
+from tasks.grid import TrainingFailed
 from tasks.storage import read_rows
-from tasks.training import TrainingFailed
 from tests.flows.conftest import (
     children_of,
     dvc,

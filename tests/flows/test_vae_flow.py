@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from flows.vae import vae_flow
+from tasks.grid import TrainingFailed
 from tasks.pipeline import StageFailed
-from tasks.training import TrainingFailed
 from tests.flows.conftest import (
     children_of,
     dvc,

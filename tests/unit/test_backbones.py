@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 
 from tasks import images, storage
-from tasks.backbones import BACKBONES, Backbone, BackboneError, load_backbone
+from tasks.backbones import Backbone, BackboneError, load_backbone
+from tasks.params import BACKBONES
 
 VGG_FAMILY = ("vgg16", "vgg19", "hed_vgg16")
 CONVS_PER_BLOCK = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4), "hed_vgg16": (2, 2, 3, 3, 3)}

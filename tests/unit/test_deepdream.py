@@ -16,7 +16,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tasks import images, storage
-from tasks.backbones import BACKBONES, MIN_INPUT_SIZE, BackboneError, load_backbone
+from tasks.backbones import MIN_INPUT_SIZE, BackboneError, load_backbone
 from tasks.deepdream.data import fetch_image
 from tasks.deepdream.model import (
     check_octaves,
@@ -30,8 +30,7 @@ from tasks.deepdream.model import (
 )
 from tasks.deepdream.params import DeepDreamParams, DeepDreamPaths
 from tasks.deepdream.steps import all_settings, draw_random_settings, dream_with, setting_name
-from tasks.params import ParamsError, load_params, parse_section
-from tasks.runtime import RuntimeParams
+from tasks.params import BACKBONES, ParamsError, RuntimeParams, load_params, parse_section
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOOK_WEIGHTS = {0.5, 1.0, 1.5, 2.0, 2.5}

@@ -59,18 +59,17 @@ from tasks.gan.steps import (
     work_folder,
 )
 from tasks.gan.steps import train as train_step
+from tasks.image_batches import image_dataset
 from tasks.image_data import (
     DatasetError,
     Split,
     conform,
-    image_dataset,
     load_keras_dataset,
     load_split,
     prepare_image_data,
     save_split,
 )
-from tasks.params import ParamsError, dump_yaml, load_params, parse_section
-from tasks.runtime import RuntimeParams
+from tasks.params import ParamsError, RuntimeParams, dump_yaml, load_params, parse_section
 from tasks.steps import run_steps
 from tasks.training import NanGuard, ProgressLog
 

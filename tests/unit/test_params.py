@@ -16,6 +16,7 @@ from flows.registry import TECHNIQUES, validate
 from tasks.params import (
     PARAMS_BACKUP,
     ParamsError,
+    RuntimeParams,
     applied_profile,
     load_params,
     overlay,
@@ -23,7 +24,6 @@ from tasks.params import (
     parse_yaml,
     read_yaml,
 )
-from tasks.runtime import RuntimeParams
 from tasks.text.char_lstm.params import TextParams
 from tasks.tracking import TrackingParams
 

@@ -21,8 +21,7 @@ from PIL import Image
 from tasks import images, storage
 from tasks.backbones import MIN_INPUT_SIZE, BackboneError, load_backbone
 from tasks.grid import label, varying_fields
-from tasks.params import ParamsError, load_params, parse_section
-from tasks.runtime import RuntimeParams
+from tasks.params import ParamsError, RuntimeParams, load_params, parse_section
 from tasks.steps import run_steps
 from tasks.style_transfer.data import fetch_images, resize_to_height
 from tasks.style_transfer.data import images as images_step

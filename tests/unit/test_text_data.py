@@ -15,16 +15,9 @@ import pytest
 from tasks.storage import under
 from tasks.text.char_lstm.data import prepare_corpus
 from tasks.text.char_lstm.params import TextPaths
-from tasks.text.corpus import (
-    TextError,
-    Vocabulary,
-    build_vocabulary,
-    num_sequences,
-    read_corpus,
-    sequence_dataset,
-    split_corpus,
-)
+from tasks.text.corpus import TextError, Vocabulary, build_vocabulary, read_corpus, split_corpus
 from tasks.text.metrics import corpus_word_share, distinct_n, repetition_rate, text_metrics, words
+from tasks.text.sequences import num_sequences, sequence_dataset
 
 BOOK_CORPUS_LENGTH = 600_893  # "Corpus length: 600893" in the book's listing
 

@@ -14,15 +14,17 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from tasks.runtime import RuntimeParams, choose_strategy, configure_runtime
-from tasks.storage import under
+from tasks.params import RuntimeParams
+from tasks.runtime import choose_strategy, configure_runtime
+from tasks.storage import read_history, under
 from tasks.text.char_lstm import steps
 from tasks.text.char_lstm.data import prepare_corpus
 from tasks.text.char_lstm.model import build_char_lstm, compile_model, make_generator, restore_last_good_epoch
 from tasks.text.char_lstm.params import TextPaths
 from tasks.text.char_lstm.steps import sample_texts, train_char_lstm
-from tasks.text.corpus import TextError, num_sequences
-from tasks.training import NanGuard, read_history, save_model_atomically
+from tasks.text.corpus import TextError
+from tasks.text.sequences import num_sequences
+from tasks.training import NanGuard, save_model_atomically
 
 RUNTIME = RuntimeParams(
     seed=1, dtype_policy="float32", jit_compile=False, memory_growth=True, distribute="auto"

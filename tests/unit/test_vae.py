@@ -34,10 +34,9 @@ from tasks.image_data import (
     split_folder,
 )
 from tasks.images import mosaic
-from tasks.params import ParamsError, dump_yaml, load_params, parse_section
-from tasks.runtime import RuntimeParams
+from tasks.params import ParamsError, RuntimeParams, dump_yaml, load_params, parse_section
 from tasks.steps import run_steps
-from tasks.training import read_history
+from tasks.storage import read_history
 from tasks.vae import data as vae_data
 from tasks.vae import model as vae_model
 from tasks.vae import steps as vae_steps
@@ -950,18 +949,81 @@ def test_prepare_data_from_a_folder_end_to_end(tmp_path):
     assert load_split(paths.data / "train.npz").images.shape == (4, 12, 12, 3)
 
 
-def test_mnist_that_cannot_be_downloaded_fails_naming_the_url_and_the_offline_option(monkeypatch):
-    def offline():
-        raise Exception("URL fetch failure on .../mnist.npz: [Errno -2] Name or service not known")
+@pytest.mark.parametrize(
+    ("name", "missing"),
+    [("mnist", "mnist.npz"), ("fashion_mnist", "fashion-mnist/train-images-idx3-ubyte.gz")],
+)
+def test_a_keras_dataset_that_cannot_be_downloaded_fails_naming_the_url_and_the_offline_option(
+    tmp_path, monkeypatch, name, missing
+):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on ...: [Errno -2] Name or service not known")
 
-    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty cache
+    monkeypatch.setattr(keras.utils, "get_file", offline)
     with pytest.raises(storage.DownloadError) as error:
-        load_keras_dataset("mnist", "vae")
+        load_keras_dataset(name, "vae")
 
     message = str(error.value)
-    assert image_data.KERAS_DATASETS_URL in message and "mnist.npz" in message
+    assert image_data.KERAS_DATASETS_URL + Path(missing).name in message
+    assert str(tmp_path / "datasets" / missing) in message
     assert "KERAS_HOME" in message and "fashion_mnist" in message
     assert error.value.retryable
+
+
+def test_fashion_mnist_is_what_keras_datasets_loads(fashion):
+    (train_images, train_labels), (test_images, test_labels) = keras.datasets.fashion_mnist.load_data()
+
+    for split, images, labels in (
+        (fashion[0], train_images, train_labels),
+        (fashion[1], test_images, test_labels),
+    ):
+        assert split.images.dtype == images.dtype and split.labels.dtype == np.int32
+        np.testing.assert_array_equal(split.images, images)
+        np.testing.assert_array_equal(split.labels, labels)
+
+
+def test_mnist_is_read_from_the_keras_cache(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+        "y_train": rng.integers(0, 10, 5, dtype=np.uint8),
+        "x_test": rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
+        "y_test": rng.integers(0, 10, 3, dtype=np.uint8),
+    }
+    cached = tmp_path / "datasets" / "mnist.npz"
+    cached.parent.mkdir()
+    np.savez(cached, **arrays)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(image_data, "MNIST_SHA256", storage.sha256_of(cached))  # a stand-in for the real file
+
+    train, test = load_keras_dataset("mnist", "vae")
+
+    np.testing.assert_array_equal(train.images, arrays["x_train"])
+    np.testing.assert_array_equal(test.labels, arrays["y_test"].astype(np.int32))
+    assert train.labels.dtype == np.int32
+
+
+def test_decode_idx_reads_shape_and_values_and_rejects_damaged_data():
+    header = bytes([0, 0, 0x08, 2]) + (2).to_bytes(4, "big") + (3).to_bytes(4, "big")
+
+    np.testing.assert_array_equal(image_data.decode_idx(header + bytes(range(6))), [[0, 1, 2], [3, 4, 5]])
+    labels = image_data.decode_idx(bytes([0, 0, 0x08, 1]) + (4).to_bytes(4, "big") + bytes([9, 0, 3, 1]))
+    np.testing.assert_array_equal(labels, [9, 0, 3, 1])
+    with pytest.raises(DatasetError, match="holds 5 values"):
+        image_data.decode_idx(header + bytes(5))
+    with pytest.raises(DatasetError, match="not an IDX array of unsigned bytes"):
+        image_data.decode_idx(bytes([0, 0, 0x0D, 1, 0, 0, 0, 1]) + bytes(4))  # 0x0D: float32
+    with pytest.raises(DatasetError, match="header cut short"):
+        image_data.decode_idx(header[:9])
+
+
+def test_a_damaged_idx_file_fails_in_one_line(tmp_path):
+    damaged = tmp_path / "train-labels-idx1-ubyte.gz"
+    damaged.write_bytes(b"not gzip")
+
+    with pytest.raises(DatasetError, match="is not a gzipped IDX file .*delete it to download it again"):
+        image_data.read_idx_file(damaged)
 
 
 def test_prepare_data_from_fashion_mnist_conforms_and_caps_the_splits(tmp_path, fashion):

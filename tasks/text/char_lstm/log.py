@@ -13,10 +13,9 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from tasks import champion, tracking
-from tasks.text.char_lstm import serving
+from tasks.storage import read_history
 from tasks.text.char_lstm.params import TextPaths
 from tasks.text.corpus import corpus_seed, load_prepared, read_vocabulary
-from tasks.training import read_history
 
 
 def log_training(run_id: str, paths: TextPaths) -> dict[str, float]:
@@ -91,6 +90,8 @@ def log_serving_model(run_id: str, paths: TextPaths) -> champion.Candidate:
     """The trained model and its vocabulary as a pyfunc text generator (prompt, temperature, length
     -> text) on the parent run: the registry's candidate, scored by its best validation loss (NaN
     without a validation split: then it never becomes champion)."""
+    from tasks.text.char_lstm import serving  # loads Keras: only a flow run whose training ran gets here
+
     vocabulary, train_ids, _ = load_prepared(paths.prepared)
     prompt = corpus_seed(train_ids, vocabulary, min(20, len(train_ids) - 1), seed=0)
     model, md5 = champion.log_pyfunc_model(

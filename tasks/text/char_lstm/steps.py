@@ -18,7 +18,8 @@ import keras
 import numpy as np
 
 from tasks import storage
-from tasks.runtime import RuntimeParams, configure_runtime
+from tasks.params import RuntimeParams
+from tasks.runtime import configure_runtime
 from tasks.steps import run_steps
 from tasks.text.char_lstm.model import (
     BitsPerCharacter,
@@ -30,8 +31,9 @@ from tasks.text.char_lstm.model import (
     restore_last_good_epoch,
 )
 from tasks.text.char_lstm.params import TextPaths, load
-from tasks.text.corpus import corpus_seed, load_prepared, num_sequences, sequence_dataset
+from tasks.text.corpus import corpus_seed, load_prepared
 from tasks.text.metrics import text_metrics, words
+from tasks.text.sequences import num_sequences, sequence_dataset
 from tasks.training import NanGuard, ProgressLog, save_model_atomically
 
 log = logging.getLogger(__name__)
