@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-exec .venv/bin/python -m pytest "$@"
+# Two pytest-xdist workers (this machine's cores; GENDL_TEST_WORKERS=0 runs in one process), a group
+# of tests at a time (tests/conftest.py says which).
+exec .venv/bin/python -m pytest -n "${GENDL_TEST_WORKERS:-2}" "$@"

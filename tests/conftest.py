@@ -60,3 +60,34 @@ def tiny_corpus(tmp_path: Path) -> Path:
     path = tmp_path / "tiny_corpus.txt"
     path.write_text(TINY_TEXT * 14, encoding="utf-8")
     return path
+
+
+# scripts/test.sh runs the suite on two pytest-xdist workers, a group of tests at a time, the
+# groups in this order: all of tests/unit, all of tests/team (one team stack), then each tests/flows
+# module (its module fixtures run once). tests/unit comes first in its worker: its tests build seeded
+# models in the pytest process, and the threads of an in-process Prefect server or client (tests/flows,
+# tests/team) draw from Python's global `random`, which Keras's initializers use.
+GROUPS_IN_ORDER = ("unit", "team", "flows")
+
+
+def test_group(nodeid: str) -> str:
+    """"tests/unit/test_vae.py::test_x" -> "unit"; a tests/flows test's group is its module."""
+    folder = nodeid.split("/")[1]
+    return nodeid.split("::")[0] if folder == "flows" else folder
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: GROUPS_IN_ORDER.index(item.nodeid.split("/")[1]))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduling with test_group as the scope, in collection order (xdist's
+    `--dist loadgroup` marks do not reach pytest 9's node ids)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return test_group(nodeid)
+
+    config.option.loadscopereorder = False
+    return GroupScheduling(config, log)
