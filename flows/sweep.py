@@ -43,6 +43,7 @@ import numpy as np
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from PIL import Image
 from prefect import flow, get_client, get_run_logger
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 
@@ -56,6 +57,7 @@ from tasks.pipeline import pull_inputs, push_outputs, run_stage, team_remote
 POINT_DEPLOYMENT = "sweep-point/point"  # prefect.yaml
 SHARED = "shared stages"  # the `point` of the flow run that runs the shared stages
 POLL_SECONDS = 2.0
+READ_PAGE = 200  # flow runs per request: Prefect's default API limit
 
 
 @dataclass(frozen=True)
@@ -127,9 +129,20 @@ def wait_for_all(attempts: list[Attempt], deployment: str, parameters_of, retrie
     logger = get_run_logger()
     with get_client(sync_client=True) as client:
         while pending := [attempt for attempt in attempts if attempt.state is None]:
+            # One request per 200 pending points (the API's page), not one each: a request each
+            # grows with the square of the sweep's size on the Prefect server (benchmarks/README.md).
+            ids = [attempt.flow_run.id for attempt in pending]
+            current = {
+                flow_run.id: flow_run
+                for start in range(0, len(ids), READ_PAGE)
+                for flow_run in client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids[start : start + READ_PAGE])),
+                    limit=READ_PAGE,
+                )
+            }
             for attempt in pending:
-                flow_run = client.read_flow_run(attempt.flow_run.id)
-                if not flow_run.state.is_final():
+                flow_run = current.get(attempt.flow_run.id)
+                if flow_run is None or not flow_run.state.is_final():
                     continue
                 if flow_run.state.type == StateType.CRASHED and attempt.attempts <= retries:
                     logger.warning(
