@@ -16,6 +16,7 @@ from tasks.gan.params import GanParams, GanPaths
 from tasks.params import Params, ParamsError, RuntimeParams, did_you_mean, parse_section
 from tasks.style_transfer.params import StyleTransferParams, StyleTransferPaths
 from tasks.text.char_lstm.params import TextParams, TextPaths
+from tasks.text.transformer.params import TransformerParams, TransformerPaths
 from tasks.vae.params import VaeParams, VaePaths
 
 SHARED_SECTIONS = {"runtime": RuntimeParams, "tracking": tracking.TrackingParams}
@@ -58,6 +59,16 @@ TECHNIQUES = {
                 data_params=("text.data.maxlen", "text.data.step"),
             ),
             shared_stages=("text_download", "text_prepare"),  # no grid of its own: a sweep names its axes
+        ),
+        Technique(
+            "transformer",
+            ("transformer_download", "transformer_prepare", "transformer_train", "transformer_sample"),
+            TransformerParams,
+            TransformerPaths,
+            "flows.transformer:transformer_flow",
+            # Validation loss depends on the documents and their vocabulary: the prepared data's hash.
+            ChampionRule("best_val_loss", data_stages=("transformer_download", "transformer_prepare")),
+            shared_stages=("transformer_download", "transformer_prepare"),
         ),
         Technique(
             "deepdream",

@@ -126,6 +126,34 @@ def image_per_point_flow(
     )
 
 
+def text_generator_flow(
+    technique: Technique,
+    profile: str | None,
+    root: Path,
+    sweep: SweepPoint | None,
+    log_training: Callable[[str, Any], dict[str, Any]],
+    log_serving_model: Callable[[str, Any], champion.Candidate],
+    log_samples: Callable[[str, str, Any], list[str]],
+    summary: Callable[[Any, dict[str, Any], str, str], str],
+) -> dict[str, Any]:
+    """The whole flow of a text generator (char-LSTM, Transformer): the stages through training,
+    `log_training` (a Prefect task), the trained model registered (`log_serving_model`), sampling,
+    `log_samples` (a Prefect task: one child run per sampler), then the `summary` published."""
+    with technique_run(technique, profile, root, sweep) as run:
+        run.run_stages(through=f"{technique.name}_train")
+        train_metrics = log_training(run.run_id, run.paths)
+        decision = run.promote(log_serving_model, run.run_id, run.paths)
+        run.run_stages(through=f"{technique.name}_sample")
+        child_run_ids = log_samples(run.run_id, run.experiment_id, run.paths)
+    return run.publish(
+        f"{summary(run.paths, train_metrics, run.run_id, run.tracking_uri)}\n{decision.summary()}",
+        f"{technique.name}-summary",
+        child_run_ids=child_run_ids,
+        train_metrics=train_metrics,
+        champion=decision.tags(),
+    )
+
+
 def raise_if_failed(points: Sequence[dict[str, Any]]) -> None:
     """After everything is logged: a grid point that failed fails the parent run and the flow run."""
     failures = grid.failures(points)

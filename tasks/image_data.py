@@ -25,7 +25,6 @@ from tasks.steps import StepError
 
 log = logging.getLogger(__name__)
 
-INPUTS = Path("inputs")  # inputs/<section>/: the image folders DVC tracks (dvc.yaml deps)
 KERAS_DATASETS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 CLASS_NAMES = {  # the labels of the Keras datasets, in label order
     "mnist": [str(digit) for digit in range(10)],
@@ -232,22 +231,6 @@ def load_split(path: Path) -> Split:
         return Split(arrays["images"], arrays["labels"])
 
 
-def check_input_folder(folder: Path, inputs: Path) -> None:
-    """A folder under `inputs` (inputs/<section>/, a dependency of the data stage in dvc.yaml) is one
-    DVC sees: changing its images re-runs the stage, and once `dvc add`-ed and pushed, a teammate's
-    clone and a worker's workspace pull it. Elsewhere it still works, unseen by DVC: say so."""
-    tracked = folder.with_name(folder.name + ".dvc")
-    if not folder.is_dir() and tracked.is_file():
-        raise DatasetError(f"image folder {folder} is tracked by DVC but not here: run `dvc pull {tracked}`")
-    if not folder.resolve().is_relative_to(inputs.resolve()):
-        log.warning(
-            "image folder %s is outside %s/: DVC does not see changes to its images and teammates' "
-            "clones do not get it; move it there and `dvc add` it (README: your own images)",
-            folder,
-            inputs,
-        )
-
-
 def prepare_image_data(
     params: ImageDataParams,
     destination: Path,
@@ -263,7 +246,7 @@ def prepare_image_data(
     `section` names the params section in messages."""
     if params.dataset == "folder":
         folder = root / params.folder
-        check_input_folder(folder, root / INPUTS / section)
+        storage.check_input_folder(folder, root / storage.INPUTS / section, DatasetError, "image folder")
         pixels, labels, class_names = read_folder(folder, params.image_size, params.channels)
         train, test = split_folder(pixels, labels, params.test_split, seed)
     else:

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
 from ruamel.yaml import YAML, YAMLError
@@ -33,6 +33,9 @@ PARAMS_BACKUP = Path(".gendl/params.yaml.original")  # params.yaml as it was whi
 
 # The convnets a `backbone` key may name; tasks/backbones.py loads them.
 BACKBONES = ("inception_v3", "vgg16", "vgg19", "hed_vgg16")
+
+# A softmax temperature of the text generators' sampling.
+Temperature = Annotated[float, pydantic.Field(gt=0.0, allow_inf_nan=False)]
 
 Section = TypeVar("Section", bound=pydantic.BaseModel)
 
@@ -120,7 +123,9 @@ def nested(assignments: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def load_params(root: Path, profile: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def load_params(
+    root: Path, profile: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """params.yaml, with `profiles/<profile>.yaml` merged over it when a profile is given, then the
     dotted-key `overrides` ({"vae.train.beta": [0.5]}, a sweep's grid point)."""
     params = _with_profile(root, profile)
@@ -221,7 +226,9 @@ def applied_profile(
             yield read_yaml(params_path)
             return
         if backup.is_file():
-            log.warning("%s: restoring the params of a run that was killed while a profile was applied", params_path)
+            log.warning(
+                "%s: restoring the params of a run that was killed while a profile was applied", params_path
+            )
             _write_atomically(params_path, backup.read_bytes())
             backup.unlink()
         params = load_params(root, profile, overrides)

@@ -25,6 +25,7 @@ from pathlib import Path
 from dvc.repo import Repo
 from prefect import get_run_logger, task
 
+from tasks import storage
 from tasks.params import parse_yaml
 from tasks.steps import read_error
 
@@ -73,7 +74,6 @@ def stage_lock(root: Path, name: str) -> dict:
     return (parse_yaml(lock_path.read_text()) or {}).get("stages", {}).get(name, {})
 
 
-INPUTS = "inputs"  # the `.dvc`-tracked image folders (inputs/README.md)
 TEAM_REMOTE = "team"  # the shared DVC remote's name (scripts/team.sh, prefect.yaml's pull step)
 # What DVC prints when it runs a stage's command, and when it restores its outputs from the run-cache.
 _RUNNING_STAGE = "Running stage '{}':"
@@ -170,13 +170,13 @@ def transfer(root: Path, *args: str) -> str:
 
 @task(name="dvc-pull-inputs", retries=3, retry_delay_seconds=10)
 def pull_inputs(root: Path, technique: str, remote: str = TEAM_REMOTE) -> None:
-    """Check out the `.dvc`-tracked image folders under inputs/<technique>/ from remote `remote`
+    """Check out the `.dvc`-tracked folders under inputs/<technique>/ from remote `remote`
     (I/O: retried); nothing to do for a technique without such a folder.
 
     `dvc repro --pull --single-item` pulls what a stage restores, not the data sources its
     dependencies are made of, so a fresh workspace gets them here, before its stages.
     """
-    folder = f"{INPUTS}/{technique}"
+    folder = f"{storage.INPUTS}/{technique}"
     if (root / folder).is_dir():
         summary = transfer(root, "pull", "-R", "-r", remote, folder)
         get_run_logger().info("dvc pull -R %s: %s", folder, summary or "nothing tracked")

@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 from tasks.steps import StepError
 
 DOWNLOAD_TIMEOUT_SECONDS = 60
+INPUTS = Path("inputs")  # inputs/<section>/: the folders of your own data DVC tracks (dvc.yaml deps)
 
 Paths = TypeVar("Paths")
 
@@ -62,8 +64,20 @@ def fetch(url: str, destination: Path, sha256: str = "") -> Path:
     cache. The destination is replaced atomically: an interrupted
     fetch never leaves a half-written file behind.
     """
+    source = source_file(url, sha256)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=destination.parent, delete=False) as temporary:
+        with open(source, "rb") as file:
+            shutil.copyfileobj(file, temporary)
+    os.replace(temporary.name, destination)
+    return destination
+
+
+def source_file(url: str, sha256: str = "") -> Path:
+    """The file `url` names: a local path or file:// URL as is, anything else its Keras-cache copy
+    (downloaded if missing); verified when `sha256` is given."""
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme in ("", "file"):  # a local file is copied as is, not cached
+    if parts.scheme in ("", "file"):  # a local file is read where it is, not cached
         source = Path(urllib.request.url2pathname(parts.path))
         if not source.is_file():
             raise DownloadError(f"{url}: no such file")
@@ -71,12 +85,7 @@ def fetch(url: str, destination: Path, sha256: str = "") -> Path:
         source = cached_download(url, sha256)
     if sha256 and (actual := sha256_of(source)) != sha256:
         raise DownloadError(f"{source} has sha256 {actual}, expected {sha256}")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=destination.parent, delete=False) as temporary:
-        with open(source, "rb") as file:
-            shutil.copyfileobj(file, temporary)
-    os.replace(temporary.name, destination)
-    return destination
+    return source
 
 
 def cached_download(url: str, sha256: str = "", subdir: str = "") -> Path:
@@ -137,6 +146,24 @@ def network_timeout(seconds: float = DOWNLOAD_TIMEOUT_SECONDS) -> Iterator[None]
         yield
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def check_input_folder(folder: Path, inputs: Path, error: type[Exception], kind: str) -> None:
+    """A folder under `inputs` (inputs/<section>/, a dependency of the data stage in dvc.yaml) is one
+    DVC sees: changing its files re-runs the stage, and once `dvc add`-ed and pushed, a teammate's
+    clone and a worker's workspace pull it. Elsewhere it still works, unseen by DVC: say so. A
+    DVC-tracked folder that is not here yet raises `error`."""
+    tracked = folder.with_name(folder.name + ".dvc")
+    if not folder.is_dir() and tracked.is_file():
+        raise error(f"{kind} {folder} is tracked by DVC but not here: run `dvc pull {tracked}`")
+    if not folder.resolve().is_relative_to(inputs.resolve()):
+        logging.getLogger(__name__).warning(
+            "%s %s is outside %s/: DVC does not see changes to its files and teammates' clones do not "
+            "get it; move it there and `dvc add` it (inputs/README.md)",
+            kind,
+            folder,
+            inputs,
+        )
 
 
 def write_json(path: Path, content: Any) -> None:

@@ -94,6 +94,23 @@ class ProgressLog(keras.callbacks.Callback):
         )
 
 
+def restore_last_good_epoch(
+    model: keras.Model, guard: NanGuard, checkpoint: Path, error: type[Exception], fix: str
+) -> None:
+    """After `fit`: if the loss turned NaN, load the last good epoch's weights from `checkpoint`
+    (where the guard's `save_epoch` saved them). With no good epoch at all, raise `error` naming `fix`."""
+    if not guard.diverged_at_epoch:
+        return
+    if not guard.last_good_epoch:
+        raise error(f"loss became NaN in epoch {guard.diverged_at_epoch}, before any epoch finished: {fix}")
+    log.warning(
+        "loss became NaN in epoch %d: stopped, keeping the model of epoch %d",
+        guard.diverged_at_epoch,
+        guard.last_good_epoch,
+    )
+    model.load_weights(checkpoint)
+
+
 def save_model_atomically(model: keras.Model, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.partial.keras")

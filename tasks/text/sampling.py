@@ -39,3 +39,20 @@ def entropy_bits(log_probs):
     """Shannon entropy in bits along the last axis, with 0 * log 0 taken as 0."""
     terms = ops.where(log_probs > -np.inf, ops.exp(log_probs) * log_probs, 0.0)
     return -ops.sum(terms, axis=-1) / math.log(2.0)
+
+
+def truncated_log_probs(log_probs, top_k, top_p):
+    """`log_probs` (batch, vocab) restricted per row to its `top_k` likeliest tokens (0 = all) and to
+    the nucleus, the fewest likeliest tokens whose probability reaches `top_p` (1 = all), then
+    renormalised. The likeliest token is always kept; tokens tied with the last one kept stay too."""
+    vocab_size = ops.shape(log_probs)[-1]
+    descending = ops.flip(ops.sort(log_probs, axis=-1), axis=-1)
+    probs = ops.exp(descending)
+    mass_before = ops.cumsum(probs, axis=-1) - probs
+    in_nucleus = ops.sum(ops.cast(mass_before < ops.expand_dims(top_p, -1), "int32"), axis=-1)
+    num_kept = ops.where(top_p < 1.0, in_nucleus, vocab_size)
+    num_kept = ops.where(top_k > 0, ops.minimum(num_kept, top_k), num_kept)
+    num_kept = ops.maximum(num_kept, 1)
+    threshold = ops.take_along_axis(descending, ops.expand_dims(num_kept - 1, -1), axis=-1)
+    kept = ops.where(log_probs >= threshold, log_probs, -np.inf)
+    return kept - ops.logsumexp(kept, axis=-1, keepdims=True)

@@ -39,6 +39,18 @@ def tiny_params(corpus: Path) -> dict:
     params["text"]["model"].update(units=16)
     params["text"]["train"].update(epochs=2, batch_size=32, epoch_sample_chars=20)
     params["text"]["sample"].update(num_chars=60)
+    transformer = params["transformer"]
+    transformer["data"].update(
+        dataset="text_file",
+        url=corpus.as_uri(),
+        sha256="",
+        max_tokens=60,
+        sequence_length=8,
+        validation_split=0.2,
+    )
+    transformer["model"].update(embed_dim=16, dense_dim=32)
+    transformer["train"].update(epochs=2, batch_size=16, epoch_sample_prompt="the will", epoch_sample_words=4)
+    transformer["sample"].update(prompts=["the will to", "what is"], num_words=5)
     params["deepdream"].update(
         image="bundled:china",
         max_size=96,

@@ -23,9 +23,17 @@ SHARED_MODULES = (
     "tasks.images",
     "tasks.image_data",
     "tasks.text.corpus",
+    "tasks.text.log",
 )
-# The data steps dvc.yaml runs; style transfer's resizes with TensorFlow (PIL differs by a tone).
-DATA_STEP_MODULES = ("tasks.text.char_lstm.data", "tasks.deepdream.data", "tasks.vae.data", "tasks.gan.data")
+# The data steps dvc.yaml runs; style transfer's resizes with TensorFlow (PIL differs by a tone), the
+# Transformer's prepare step vectorizes with Keras (its module loads Keras only in that step).
+DATA_STEP_MODULES = (
+    "tasks.text.char_lstm.data",
+    "tasks.text.transformer.data",
+    "tasks.deepdream.data",
+    "tasks.vae.data",
+    "tasks.gan.data",
+)
 
 # Imports the modules, fetches a file the Keras cache holds, and prints which heavy modules got loaded.
 PROBE = """

@@ -19,12 +19,12 @@ from tasks.runtime import choose_strategy, configure_runtime
 from tasks.storage import read_history, under
 from tasks.text.char_lstm import steps
 from tasks.text.char_lstm.data import prepare_corpus
-from tasks.text.char_lstm.model import build_char_lstm, compile_model, make_generator, restore_last_good_epoch
+from tasks.text.char_lstm.model import build_char_lstm, compile_model, make_generator
 from tasks.text.char_lstm.params import TextPaths
 from tasks.text.char_lstm.steps import sample_texts, train_char_lstm
 from tasks.text.corpus import TextError
 from tasks.text.sequences import num_sequences
-from tasks.training import NanGuard, save_model_atomically
+from tasks.training import NanGuard, restore_last_good_epoch, save_model_atomically
 
 RUNTIME = RuntimeParams(
     seed=1, dtype_policy="float32", jit_compile=False, memory_growth=True, distribute="auto"
@@ -165,7 +165,7 @@ def test_nan_guard_and_restore_keep_the_last_good_weights_in_memory(tmp_path):
     guard = NanGuard(lambda epoch: save_model_atomically(model, checkpoint))
 
     history = model.fit(x, y, batch_size=batch_size, epochs=3, callbacks=[guard], shuffle=False, verbose=0)
-    restore_last_good_epoch(model, guard, checkpoint)
+    restore_last_good_epoch(model, guard, checkpoint, TextError, "lower the learning rate")
 
     assert math.isnan(history.history["loss"][1]), "the test loss did not diverge in epoch 2"
     assert (guard.last_good_epoch, guard.diverged_at_epoch) == (1, 2)

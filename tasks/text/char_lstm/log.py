@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -13,19 +14,14 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from tasks import champion, tracking
-from tasks.storage import read_history
 from tasks.text.char_lstm.params import TextPaths
 from tasks.text.corpus import corpus_seed, load_prepared, read_vocabulary
+from tasks.text.log import log_history_and_epoch_samples
 
 
 def log_training(run_id: str, paths: TextPaths) -> dict[str, float]:
     """Per-epoch losses, the training summary, the per-epoch samples and the model."""
-    tracking.log_metric_rows(run_id, read_history(paths.history), step_key="epoch")
-    metrics = json.loads(paths.train_metrics.read_text())
-    tracking.log_metrics(run_id, {f"train.{key}": value for key, value in metrics.items()})
-    epoch_samples = json.loads(paths.epoch_samples.read_text(encoding="utf-8"))
-    if epoch_samples:
-        log_epoch_samples(run_id, epoch_samples)
+    metrics = log_history_and_epoch_samples(run_id, paths.history, paths.train_metrics, paths.epoch_samples)
     vocab_size = read_vocabulary(paths.prepared).size  # the model's output size
     signature = ModelSignature(  # any batch, any sequence length -> next-character distribution
         Schema([TensorSpec(np.dtype("int32"), (-1, -1), "char_ids")]),
@@ -33,35 +29,6 @@ def log_training(run_id: str, paths: TextPaths) -> dict[str, float]:
     )
     tracking.log_keras_model(run_id, paths.model, name="model", signature=signature)
     return metrics
-
-
-def log_epoch_samples(run_id: str, epoch_samples: list[dict]) -> None:
-    """Entropy per epoch and temperature, the samples as a table, and one text file per epoch."""
-    tracking.log_metric_rows(  # MLflow groups "epoch_samples/..." charts together
-        run_id,
-        [
-            {
-                "epoch": r["epoch"],
-                f"epoch_samples/temperature_{r['temperature']:g}/entropy_bits": r["entropy_bits"],
-            }
-            for r in epoch_samples
-        ],
-    )
-    mlflow.log_table(
-        {key: [record[key] for record in epoch_samples] for key in ("epoch", "temperature", "text")},
-        "epoch_samples.json",
-        run_id=run_id,
-    )
-    for epoch in sorted({record["epoch"] for record in epoch_samples}):
-        mlflow.log_text(
-            "\n\n".join(
-                f"--- temperature {record['temperature']:g}\n{record['text']}"
-                for record in epoch_samples
-                if record["epoch"] == epoch
-            ),
-            f"epoch_samples/epoch_{epoch:03d}.txt",
-            run_id=run_id,
-        )
 
 
 def log_samples(parent_run_id: str, experiment_id: str, paths: TextPaths) -> list[str]:
@@ -105,3 +72,27 @@ def log_serving_model(run_id: str, paths: TextPaths) -> champion.Candidate:
     return champion.Candidate(
         model.model_id, model.source_run_id, md5, float(metrics.get("best_val_loss", math.nan))
     )
+
+
+def summary(paths: TextPaths, train_metrics: dict[str, Any], run_id: str, tracking_uri: str) -> str:
+    """The flow's markdown summary: where the outputs are, the best validation loss and the samples."""
+    samples = json.loads((paths.samples / "samples.json").read_text(encoding="utf-8"))
+    best = train_metrics.get("best_val_loss", train_metrics.get("best_loss"))
+    lines = [
+        "## Text generation",
+        f"- MLflow run `{run_id}` ({tracking_uri})",
+        f"- model: `{paths.model}`; samples: `{paths.samples}`; metrics: `{paths.train_metrics}`, "
+        f"`{paths.sample_metrics}`",
+        f"- best validation loss {best:.4f} nats "
+        f"({best / math.log(2.0):.3f} bits/char) at epoch {train_metrics.get('best_epoch')}"
+        + (" (training diverged: stopped at the last good epoch)" if train_metrics.get("diverged") else ""),
+        "",
+        f"Seed: `{samples[0]['seed']!r}`" if samples else "",
+    ]
+    for result in samples:
+        snippet = result["text"][:160].replace("\n", " ")
+        lines.append(
+            f"- T={result['temperature']:g} (entropy {result['metrics']['entropy_bits']:.2f} bits, "
+            f"corpus words {result['metrics']['corpus_word_share']:.0%}): {snippet!r}"
+        )
+    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """Character-level text generation with an LSTM (Chollet, Deep Learning with Python, 8.1).
 
 Reads top to bottom: the model -> generating text at several temperatures -> what training adds
-to Keras's `fit` (bits per character, the book's per-epoch samples, keeping the last good epoch).
+to Keras's `fit` (bits per character, the book's per-epoch samples).
 
 A departure from the book, on purpose: sampling carries the LSTM state one character at a time
 for all temperatures in one batch, instead of calling `model.predict` on the whole 60-character
@@ -14,7 +14,6 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -24,7 +23,6 @@ from keras import layers
 
 from tasks.text.corpus import TextError, Vocabulary
 from tasks.text.sampling import check_temperature, entropy_bits, reweighted_log_probs
-from tasks.training import NanGuard
 
 log = logging.getLogger(__name__)
 
@@ -196,22 +194,3 @@ class EpochSamples(keras.callbacks.Callback):
                 }
             )
             log.info("epoch %d, temperature %.2f: %r", epoch + 1, sample.temperature, sample.text[:100])
-
-
-def restore_last_good_epoch(model: keras.Model, guard: NanGuard, checkpoint: Path) -> None:
-    """After `fit`: if the loss turned NaN, load the last good epoch's weights from `checkpoint`
-    (where the guard's `save_epoch` saved it). The book's learning rate of 0.01 diverges late in
-    its own 60-epoch run."""
-    if not guard.diverged_at_epoch:
-        return
-    if not guard.last_good_epoch:
-        raise TextError(
-            f"loss became NaN in epoch {guard.diverged_at_epoch}, before any epoch finished: "
-            "lower text.train.learning_rate or set text.train.clipnorm (e.g. 1.0)"
-        )
-    log.warning(
-        "loss became NaN in epoch %d: stopped, keeping the model of epoch %d",
-        guard.diverged_at_epoch,
-        guard.last_good_epoch,
-    )
-    model.load_weights(checkpoint)

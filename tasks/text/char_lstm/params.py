@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import pydantic
 
-from tasks.params import Params, RuntimeParams, load_params, parse_section
+from tasks.params import Params, RuntimeParams, Temperature, load_params, parse_section
 
 SECTION = "text"
-
-Temperature = Annotated[float, pydantic.Field(gt=0.0, allow_inf_nan=False)]
 
 
 class TextDataParams(Params):

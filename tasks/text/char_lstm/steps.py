@@ -28,13 +28,12 @@ from tasks.text.char_lstm.model import (
     compile_model,
     generate_text,
     make_generator,
-    restore_last_good_epoch,
 )
 from tasks.text.char_lstm.params import TextPaths, load
-from tasks.text.corpus import corpus_seed, load_prepared
+from tasks.text.corpus import TextError, corpus_seed, load_prepared
 from tasks.text.metrics import text_metrics, words
 from tasks.text.sequences import num_sequences, sequence_dataset
-from tasks.training import NanGuard, ProgressLog, save_model_atomically
+from tasks.training import NanGuard, ProgressLog, restore_last_good_epoch, save_model_atomically
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,14 @@ def train_char_lstm(
         verbose=0,
     )  # shuffle=False: the dataset reshuffles itself every epoch
     seconds = time.perf_counter() - started
-    restore_last_good_epoch(model, nan_guard, paths.model)
+    # The book's learning rate of 0.01 diverges late in its own 60-epoch run.
+    restore_last_good_epoch(
+        model,
+        nan_guard,
+        paths.model,
+        TextError,
+        "lower text.train.learning_rate or set text.train.clipnorm (e.g. 1.0)",
+    )
 
     storage.write_json(paths.epoch_samples, epoch_samples.records if epoch_samples else [])
     monitored = "val_loss" if validation_data is not None else "loss"
