@@ -277,19 +277,6 @@ def test_mixed_precision_model_trains_and_samples_on_cpu(restore_float32_policy)
     assert distributions.dtype == np.float32 and np.isfinite(entropies).all()
 
 
-def test_auto_dtype_policy_is_float32_on_cpu(restore_float32_policy):
-    if tf.config.list_physical_devices("GPU"):
-        pytest.skip("auto means mixed_float16 with a GPU")
-    configure_runtime(1, dtype_policy="mixed_float16")
-    configure_runtime(1, dtype_policy="auto")
-    assert keras.mixed_precision.global_policy().name == "float32"
-
-
-def test_configure_runtime_sets_a_named_policy(restore_float32_policy):
-    configure_runtime(1, dtype_policy="mixed_bfloat16")
-    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
-
-
 def test_configure_runtime_seeds_everything():
     def draws():
         return (
