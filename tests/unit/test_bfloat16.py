@@ -431,3 +431,17 @@ def test_gan_step_in_bfloat16_keeps_verdicts_images_losses_and_the_frechet_dista
         statistics = feature_statistics(generated_features), feature_statistics(real_features)
         distance = frechet_distance(*statistics[0], *statistics[1])
         assert isinstance(distance, float) and math.isfinite(distance) and distance >= 0
+
+
+def test_a_transformer_saved_under_bfloat16_loads_in_a_float32_process(tmp_path):
+    """The flow logs the model in its own process, whose policy is float32: the custom layers'
+    sublayers must keep the policy they were saved with."""
+    model = build_transformer_lm(40, 8, 16, 32, 2)
+    ids = np.array([[3, 4, 5, 0]], np.int32)
+    expected = model(ids).numpy()
+    model.save(tmp_path / "model.keras")
+    keras.mixed_precision.set_global_policy("float32")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.get_layer("transformer_decoder").attention_1.compute_dtype == "bfloat16"
+    assert loaded.get_layer("positional_embedding").token_embeddings.compute_dtype == "bfloat16"
+    np.testing.assert_array_equal(loaded(ids).numpy(), expected)

@@ -44,8 +44,9 @@ class PositionalEmbedding(layers.Layer):
 
     def __init__(self, sequence_length: int, input_dim: int, output_dim: int, **kwargs):
         super().__init__(**kwargs)
-        self.token_embeddings = layers.Embedding(input_dim=input_dim, output_dim=output_dim)
-        self.position_embeddings = layers.Embedding(input_dim=sequence_length, output_dim=output_dim)
+        # Sublayers take this layer's dtype policy: a model saved under mixed precision loads as it was.
+        self.token_embeddings = layers.Embedding(input_dim, output_dim, dtype=self.dtype_policy)
+        self.position_embeddings = layers.Embedding(sequence_length, output_dim, dtype=self.dtype_policy)
         self.sequence_length, self.input_dim, self.output_dim = sequence_length, input_dim, output_dim
 
     def build(self, input_shape):
@@ -77,14 +78,15 @@ class TransformerDecoder(layers.Layer):
     def __init__(self, embed_dim: int, dense_dim: int, num_heads: int, **kwargs):
         super().__init__(**kwargs)
         self.embed_dim, self.dense_dim, self.num_heads = embed_dim, dense_dim, num_heads
-        self.attention_1 = layers.MultiHeadAttention(num_heads=num_heads, key_dim=embed_dim)
-        self.attention_2 = layers.MultiHeadAttention(num_heads=num_heads, key_dim=embed_dim)
+        dtype = self.dtype_policy  # for the sublayers: a model saved under mixed precision loads as it was
+        self.attention_1 = layers.MultiHeadAttention(num_heads=num_heads, key_dim=embed_dim, dtype=dtype)
+        self.attention_2 = layers.MultiHeadAttention(num_heads=num_heads, key_dim=embed_dim, dtype=dtype)
         self.dense_proj = keras.Sequential(
-            [layers.Dense(dense_dim, activation="relu"), layers.Dense(embed_dim)]
+            [layers.Dense(dense_dim, activation="relu", dtype=dtype), layers.Dense(embed_dim, dtype=dtype)]
         )
-        self.layernorm_1 = layers.LayerNormalization()
-        self.layernorm_2 = layers.LayerNormalization()
-        self.layernorm_3 = layers.LayerNormalization()
+        self.layernorm_1 = layers.LayerNormalization(dtype=dtype)
+        self.layernorm_2 = layers.LayerNormalization(dtype=dtype)
+        self.layernorm_3 = layers.LayerNormalization(dtype=dtype)
         self.supports_masking = True
 
     def build(self, inputs_shape, encoder_outputs_shape=None):
