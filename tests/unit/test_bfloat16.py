@@ -445,3 +445,17 @@ def test_a_transformer_saved_under_bfloat16_loads_in_a_float32_process(tmp_path)
     assert loaded.get_layer("transformer_decoder").attention_1.compute_dtype == "bfloat16"
     assert loaded.get_layer("positional_embedding").token_embeddings.compute_dtype == "bfloat16"
     np.testing.assert_array_equal(loaded(ids).numpy(), expected)
+
+
+def test_the_offline_backbone_loads_under_bfloat16_with_the_same_weights():
+    """hed_vgg16 (the offline DeepDream and style transfer backbone) is built from HED's weights,
+    whose own graph cannot be built under a mixed policy."""
+    backbone = load_backbone("hed_vgg16")
+    features = backbone.feature_extractor(["block4_conv3"])(tf.random.uniform((1, 48, 48, 3), -1.0, 1.0))
+    assert backbone.model.get_layer("block4_conv3").compute_dtype == "bfloat16"
+    assert features["block4_conv3"].dtype == tf.bfloat16
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"  # restored after HED
+    keras.mixed_precision.set_global_policy("float32")
+    reference = load_backbone("hed_vgg16").model.get_weights()
+    for weight, expected in zip(backbone.model.get_weights(), reference, strict=True):
+        np.testing.assert_array_equal(weight, expected)
