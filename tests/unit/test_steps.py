@@ -3,6 +3,10 @@ command line every stage runs."""
 
 from __future__ import annotations
 
+import logging
+import re
+import time
+
 import pytest
 
 from tasks import steps
@@ -27,7 +31,9 @@ def test_the_last_reported_error_wins_and_no_report_reads_as_none():
 
 def test_run_steps_runs_the_named_step_with_the_root(tmp_path):
     calls = []
-    code = steps.run_steps({"train": calls.append, "sample": lambda root: None}, "doc", ["train", "--root", str(tmp_path)])
+    code = steps.run_steps(
+        {"train": calls.append, "sample": lambda root: None}, "doc", ["train", "--root", str(tmp_path)]
+    )
     assert code == 0 and calls == [tmp_path]
 
 
@@ -51,3 +57,16 @@ def test_run_steps_rejects_an_unknown_step(capsys):
     with pytest.raises(SystemExit) as exit_info:
         steps.run_steps({"train": lambda root: None}, "doc", ["trian"])
     assert exit_info.value.code == 2 and "invalid choice: 'trian'" in capsys.readouterr().err
+
+
+def test_a_step_that_succeeds_logs_its_own_seconds_and_those_before_it(caplog):
+    with caplog.at_level(logging.INFO):
+        assert steps.run_steps({"train": lambda root: time.sleep(0.05)}, "doc", ["train"]) == 0
+    match = re.fullmatch(
+        r"step train done: ([\d.]+) s in the step, ([\d.]+) s before it \(process start, imports\)",
+        caplog.records[-1].getMessage(),
+    )
+    assert match, caplog.records[-1].getMessage()
+    own, before = float(match[1]), float(match[2])
+    # `before` is this test process's age so far: pytest's start and imports.
+    assert 0.05 <= own < 5 and 0 < before < time.monotonic()
