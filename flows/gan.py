@@ -52,6 +52,17 @@ def gan_flow(
                     if "ema_frechet_distance" in metrics
                     else ""
                 )
+                + (
+                    f", confidently classified {metrics['confident_share']:.0%}"
+                    + (
+                        f" (moving average {metrics['ema_confident_share']:.0%})"
+                        if "ema_confident_share" in metrics
+                        else ""
+                    )
+                    + f" against {metrics['real_confident_share']:.0%} of real images"
+                    if "confident_share" in metrics
+                    else ""
+                )
                 + f", d_loss {metrics.get('d_loss', float('nan')):.3f}, g_loss {metrics.get('g_loss', float('nan')):.3f} "
                 f"after {metrics['epochs_completed']} epochs, {metrics['steps_per_second']:.1f} steps/s"
             )

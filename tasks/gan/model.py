@@ -140,9 +140,11 @@ class GAN(keras.Model):
         return {"d_loss": self.d_loss_tracker.result(), "g_loss": self.g_loss_tracker.result()}
 
 
-def adam(learning_rate: float) -> keras.optimizers.Optimizer:
-    """Adam, with dynamic loss scaling under mixed_float16 (Keras wraps only `compile`'s optimizer)."""
-    optimizer = keras.optimizers.Adam(learning_rate)
+def adam(learning_rate: float, beta_1: float = 0.9) -> keras.optimizers.Optimizer:
+    """Adam, with dynamic loss scaling under mixed_float16 (Keras wraps only `compile`'s optimizer).
+    `beta_1` 0.9 is Keras's (and the book's) default; DCGAN's 0.5 forgets old gradients sooner, which
+    steadies the two networks' game."""
+    optimizer = keras.optimizers.Adam(learning_rate, beta_1=beta_1)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

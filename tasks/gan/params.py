@@ -27,7 +27,8 @@ class GanDataParams(ImageDataParams):
 
 class GanModelParams(Params):
     latent_dim: int = pydantic.Field(ge=1)
-    width: float = pydantic.Field(gt=0.0, le=4.0)  # multiplies the book's filter counts (1 = the book's)
+    width: float = pydantic.Field(gt=0.0, le=4.0)  # multiplies the generator's filter counts (1 = the book's)
+    discriminator_width: float = pydantic.Field(gt=0.0, le=4.0)  # the same, for the discriminator's alone
     dropout: list[Rate] = pydantic.Field(min_length=1)  # discriminator dropout; one grid axis
 
 
@@ -41,6 +42,7 @@ class GanTrainParams(Params):
     epochs: int = pydantic.Field(ge=1)
     batch_size: int = pydantic.Field(ge=1)
     learning_rate: list[pydantic.PositiveFloat] = pydantic.Field(min_length=1)  # both Adams; grid axis
+    adam_beta_1: Rate  # both Adams' first-moment decay: 0.9 Keras's default, 0.5 DCGAN's
     label_noise: list[pydantic.NonNegativeFloat] = pydantic.Field(min_length=1)  # grid axis
     ema_decay: Rate  # moving average of the generator's weights; 0 = off
     grid_images: int = pydantic.Field(ge=1)  # images from fixed latent vectors, every epoch
@@ -51,6 +53,7 @@ class GanScoreParams(Params):
     features: Literal["classifier", "inception_v3"]  # whose features the Frechet distance compares
     classifier_epochs: int = pydantic.Field(ge=1)
     num_images: int = pydantic.Field(ge=2)  # generated and real images per Frechet distance
+    confidence: float = pydantic.Field(gt=0.0, le=1.0)  # a "confident" classification: top softmax >= this
 
 
 class GanParams(Params):

@@ -1,6 +1,8 @@
 """How good the GAN's images are: the Frechet distance (the FID formula) between the features of
 generated and of held-out real images, in the penultimate layer of a small classifier trained on the
-same data (its labels, or the rotations of its images when it has one class), or of InceptionV3.
+same data (its labels, or the rotations of its images when it has one class), or of InceptionV3; and
+the share of images that classifier puts in one class with high confidence, generated against real
+(a garment it cannot tell apart is no garment).
 
 `python -m tasks.gan.score classifier` (from the repo root, as dvc.yaml runs it) trains that
 classifier; it does not import the GAN's model, so changing the GAN does not re-train it.
@@ -12,6 +14,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -68,13 +71,36 @@ def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, 
     return float(max(distance, 0.0))
 
 
+def confident_share(probabilities: np.ndarray, threshold: float) -> float:
+    """The share of images whose most likely class has probability >= `threshold`.
+
+    Args:
+        probabilities: (n, num_classes) softmax outputs of the classifier.
+        threshold: the confidence an image's top class needs, in (0, 1].
+    """
+    if len(probabilities) == 0:
+        raise ValueError("confident_share needs at least one image, got none")
+    return float(np.mean(probabilities.max(axis=1) >= threshold))
+
+
+def load_classifier(path: Path) -> keras.Model:
+    """The classifier step's model in float32, as it was trained, whatever the global dtype policy
+    (the train step's may be mixed precision: rounded probabilities would blur the confidence)."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        return keras.models.load_model(path)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
 def score_features(
     classifier_path: Path, features: str, weights: str = "pretrained"
 ) -> Callable[[tf.Tensor], tf.Tensor]:
     """Images in [0, 1] -> the features the score compares: the pipeline's classifier's "features"
     layer, or InceptionV3's pooled last block (the FID's own space; needs ImageNet weights)."""
     if features == "classifier":
-        classifier = keras.models.load_model(classifier_path)
+        classifier = load_classifier(classifier_path)
         return keras.Model(classifier.input, classifier.get_layer("features").output)
     try:
         extract = load_backbone("inception_v3", weights).feature_extractor(["mixed10"])
@@ -100,6 +126,29 @@ def features_of(
             for start in range(0, len(pixels), batch_size)
         ]
     ).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class ConfidenceScore:
+    """The pipeline's classifier as a judge: the share of images it puts in one class with
+    probability >= `threshold`, and `real_share`, that share for held-out real images (measured once,
+    the reference a generator's share is read against)."""
+
+    classify: Callable[[tf.Tensor], tf.Tensor]  # images in [0, 1] -> (n, num_classes) probabilities
+    threshold: float
+    real_share: float
+
+    def share(self, pixels: np.ndarray) -> float:
+        """The confident share of images, uint8 or float in [0, 1]."""
+        return confident_share(features_of(self.classify, pixels), self.threshold)
+
+
+def confidence_score(classifier_path: Path, threshold: float, real_pixels: np.ndarray) -> ConfidenceScore:
+    """The classifier step's model (float32, as it was trained) as a ConfidenceScore, its reference
+    share measured on `real_pixels`."""
+    classify = load_classifier(classifier_path)
+    real_share = confident_share(features_of(classify, real_pixels), threshold)
+    return ConfidenceScore(classify, threshold, real_share)
 
 
 def train_classifier(paths: GanPaths, epochs: int, runtime: RuntimeParams) -> dict[str, float]:

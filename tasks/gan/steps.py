@@ -1,7 +1,8 @@
 """The GAN's train step: `python -m tasks.gan.steps train` (from the repo root, as dvc.yaml runs
 it) trains one GAN per grid point (learning_rate x label_noise x dropout). Every epoch it records
 the losses, a grid of images from the same latent vectors and the Frechet distance, so runs are
-comparable; NaN or a collapsing discriminator is detected; an interrupted point resumes after its
+comparable, and the share of generated images the pipeline's classifier is confident about (against
+that of real images); NaN or a collapsing discriminator is detected; an interrupted point resumes after its
 last finished epoch.
 """
 
@@ -35,7 +36,14 @@ from tasks.gan.model import (
 )
 from tasks.gan.params import GanError, GanPaths, InstabilityParams, load
 from tasks.gan.resume import restore_checkpoint, save_checkpoint
-from tasks.gan.score import feature_statistics, features_of, frechet_distance, score_features
+from tasks.gan.score import (
+    ConfidenceScore,
+    confidence_score,
+    feature_statistics,
+    features_of,
+    frechet_distance,
+    score_features,
+)
 from tasks.image_batches import image_dataset
 from tasks.image_data import Split, load_split
 from tasks.params import RuntimeParams
@@ -62,9 +70,11 @@ class TrainingSettings:
     """How every point of the grid trains (the GridPoint says what differs between them)."""
 
     latent_dim: int
-    width: float  # multiplies the book's filter counts
+    width: float  # multiplies the book's filter counts of the generator
+    discriminator_width: float  # ...and of the discriminator
     epochs: int
     batch_size: int
+    adam_beta_1: float  # both Adams' first-moment decay
     ema_decay: float  # moving average of the generator's weights; 0 = off
     grid_images: int  # images from fixed latent vectors, every epoch
     instability: InstabilityParams  # when a collapse is called, and what then
@@ -72,9 +82,11 @@ class TrainingSettings:
 
 
 class EpochRecords(keras.callbacks.Callback):
-    """Per step d_loss/g_loss and per epoch a grid from fixed latents, the Frechet distance (raw
-    and moving-average generator) and the epoch's losses, written to the point's work folder as
-    they come; a run resumed after `initial_epoch` first drops the rows of later epochs."""
+    """Per step d_loss/g_loss and per epoch a grid from fixed latents, the Frechet distance and,
+    with a `confidence` score, the share of the scoring images the classifier is confident about
+    (raw and moving-average generator; beside the real images' share) and the epoch's losses,
+    written to the point's work folder as they come; a run resumed after `initial_epoch` first drops
+    the rows of later epochs."""
 
     def __init__(
         self,
@@ -85,11 +97,12 @@ class EpochRecords(keras.callbacks.Callback):
         num_images: int,
         seed: int,
         initial_epoch: int = 0,
+        confidence: ConfidenceScore | None = None,
     ):
         super().__init__()
         self.folder, self.latents, self.extractor = folder, latents, extractor
         self.real_statistics, self.num_images, self.seed = real_statistics, num_images, seed
-        self.initial_epoch = initial_epoch
+        self.initial_epoch, self.confidence = initial_epoch, confidence
         self.steps_path, self.epochs_path = folder / "steps.csv", folder / "epochs.csv"
 
     def on_train_begin(self, logs=None):
@@ -119,8 +132,13 @@ class EpochRecords(keras.callbacks.Callback):
                 images.mosaic(generate(generator, self.latents)),
                 self.folder / "grids" / f"{prefix}epoch_{epoch + 1:03d}.png",
             )
-            statistics = feature_statistics(features_of(self.extractor, generate(generator, score_latents)))
+            generated = generate(generator, score_latents)
+            statistics = feature_statistics(features_of(self.extractor, generated))
             row[f"{prefix}frechet_distance"] = frechet_distance(*statistics, *self.real_statistics)
+            if self.confidence is not None:
+                row[f"{prefix}confident_share"] = self.confidence.share(generated)
+        if self.confidence is not None:
+            row["real_confident_share"] = self.confidence.real_share
         self.epoch_rows.append(row)
         storage.write_rows(self.epochs_path, self.epoch_rows)
         storage.write_rows(self.steps_path, self.step_rows)
@@ -152,8 +170,10 @@ def train_point(
     extractor: Callable,
     folder: Path,
     runtime: RuntimeParams,
+    confidence: ConfidenceScore | None = None,
 ) -> dict[str, Any]:
-    """Train one GAN of the grid in `folder`, resuming after its last finished epoch if one is there."""
+    """Train one GAN of the grid in `folder`, resuming after its last finished epoch if one is there;
+    with a `confidence` score, each epoch also records the classifier's confident share."""
     keras.backend.clear_session()
     strategy = configure_runtime(
         runtime.seed, runtime.dtype_policy, runtime.memory_growth, runtime.distribute
@@ -161,7 +181,7 @@ def train_point(
     image_shape, latent_dim, epochs = train.images.shape[1:], settings.latent_dim, settings.epochs
     with strategy.scope():
         gan = GAN(
-            build_discriminator(image_shape, point.dropout, settings.width),
+            build_discriminator(image_shape, point.dropout, settings.discriminator_width),
             build_generator(image_shape, latent_dim, settings.width),
             latent_dim,
             point.label_noise,
@@ -169,8 +189,8 @@ def train_point(
             runtime.seed,
         )
         gan.compile(
-            d_optimizer=adam(point.learning_rate),
-            g_optimizer=adam(point.learning_rate),
+            d_optimizer=adam(point.learning_rate, settings.adam_beta_1),
+            g_optimizer=adam(point.learning_rate, settings.adam_beta_1),
             jit_compile=runtime.jit_compile,
         )
         gan(np.zeros((1, latent_dim), np.float32))  # built, so a checkpoint can be restored into it
@@ -185,6 +205,7 @@ def train_point(
         settings.num_images,
         runtime.seed,
         initial_epoch,
+        confidence,
     )
 
     def save_epoch(epoch: int) -> None:  # after the epoch's records: a resume never skips a row
@@ -259,10 +280,13 @@ def train_grid(
     label_noises: Sequence[float],
     dropouts: Sequence[float],
     features: str,
+    confidence: float,
     runtime: RuntimeParams,
     root: Path = Path("."),
 ) -> list[dict[str, Any]]:
-    """Train one GAN per grid point; a point interrupted earlier resumes where it stopped."""
+    """Train one GAN per grid point; a point interrupted earlier resumes where it stopped. The
+    classifier judges every epoch's scoring images: the share it puts in one class with probability
+    >= `confidence`, against that of the held-out real images (measured once here)."""
     classifier = paths.classifier / "classifier.keras"
     if not classifier.is_file():
         raise GanError(f"{classifier} not found: run the classifier step first")
@@ -272,12 +296,15 @@ def train_grid(
             f"the score needs at least 2 held-out real images, {paths.data / 'test.npz'} has {len(test.images)}"
         )
     extractor = score_features(classifier, features)
+    judge = confidence_score(classifier, confidence, test.images[: settings.num_images])
+    log.info("real images the classifier is confident about (>= %g): %.3f", confidence, judge.real_share)
     points = grid.expand(GridPoint, learning_rate=learning_rates, label_noise=label_noises, dropout=dropouts)
     varying = grid.varying_fields(points)
     depends_on = {  # besides the point and the data: what a resumed run must share with the first
         **asdict(settings),
         "instability": settings.instability.model_dump(),
         "features": features,
+        "confidence": confidence,
         "classifier": storage.sha256_of(classifier),
         "seed": runtime.seed,
         "dtype_policy": runtime.dtype_policy,
@@ -291,7 +318,7 @@ def train_grid(
         name, label = grid.point_name(index), grid.label(point, varying)
         folder = work_folder(root, point, depends_on, paths.data / "train.npz")
         log.info("point %d/%d: %s (work in %s)", index + 1, len(points), label, folder)
-        metrics = train_point(point, train, test, settings, extractor, folder, runtime)
+        metrics = train_point(point, train, test, settings, extractor, folder, runtime, judge)
         results.append(point_record(index, point, varying, metrics, settings.instability.action))
         (paths.models / name).mkdir()
         for model in folder.glob("*generator.keras"):
@@ -317,8 +344,10 @@ def train(root: Path) -> None:
     settings = TrainingSettings(
         latent_dim=params.model.latent_dim,
         width=params.model.width,
+        discriminator_width=params.model.discriminator_width,
         epochs=params.train.epochs,
         batch_size=params.train.batch_size,
+        adam_beta_1=params.train.adam_beta_1,
         ema_decay=params.train.ema_decay,
         grid_images=params.train.grid_images,
         instability=params.train.instability,
@@ -331,6 +360,7 @@ def train(root: Path) -> None:
         label_noises=params.train.label_noise,
         dropouts=params.model.dropout,
         features=params.score.features,
+        confidence=params.score.confidence,
         runtime=runtime,
         root=root,
     )

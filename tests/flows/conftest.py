@@ -95,7 +95,7 @@ def tiny_params(corpus: Path) -> dict:
     )
     gan = params["gan"]
     gan["data"].update(dataset="fashion_mnist", image_size=28, channels=1, max_images=512)
-    gan["model"].update(latent_dim=16, width=0.125)
+    gan["model"].update(latent_dim=16, width=0.125, discriminator_width=0.125)
     gan["train"].update(
         epochs=2, batch_size=64, learning_rate=[0.0005], label_noise=[0.05, 0.2], ema_decay=0.9
     )

@@ -1,6 +1,6 @@
 """The GAN flow end to end on a small slice of Fashion-MNIST: DVC stages, the scoring classifier,
-one MLflow child run per grid point with d_loss/g_loss per step, the Frechet distance and the
-fixed-latent grid per epoch (raw and moving-average generator), generators that load back, the
+one MLflow child run per grid point with d_loss/g_loss per step, the Frechet distance, the
+classifier's confident share (generated and real) and the fixed-latent grid per epoch (raw and moving-average generator), generators that load back, the
 final samples side by side on the parent, and bad input."""
 
 from __future__ import annotations
@@ -77,6 +77,12 @@ def test_one_child_run_per_grid_point_with_losses_scores_and_epoch_grids(flow_ru
             history = client.get_metric_history(child.info.run_id, name)
             assert sorted(m.step for m in history) == list(range(1, epochs + 1))
             assert all(m.value >= 0 for m in history)
+        for name in ("confident_share", "ema_confident_share", "real_confident_share"):
+            history = client.get_metric_history(child.info.run_id, name)
+            assert sorted(m.step for m in history) == list(range(1, epochs + 1))
+            assert all(0 <= m.value <= 1 for m in history)
+        real_shares = {m.value for m in client.get_metric_history(child.info.run_id, "real_confident_share")}
+        assert len(real_shares) == 1  # measured once
         images = [
             a.path for a in client.list_artifacts(child.info.run_id, "images") if a.path.endswith(".png")
         ]
@@ -105,6 +111,14 @@ def test_parent_run_has_the_final_samples_side_by_side_and_the_best_score(flow_r
     assert parent.data.params["gan.data.dataset"] == "fashion_mnist"
     best = min(c.data.metrics["final_frechet_distance"] for c in children_of(result))
     assert parent.data.metrics["best_frechet_distance"] == pytest.approx(best)
+    shares = [
+        c.data.metrics[f"final_{key}"]
+        for c in children_of(result)
+        for key in ("confident_share", "ema_confident_share")
+    ]
+    assert parent.data.metrics["best_confident_share"] == pytest.approx(max(shares))
+    real = {c.data.metrics["final_real_confident_share"] for c in children_of(result)}
+    assert real == {parent.data.metrics["real_confident_share"]}  # one reference for every point
     assert 0 < parent.data.metrics["classifier.test_accuracy"] <= 1
     assert "comparison.png" in [a.path for a in client.list_artifacts(parent.info.run_id)]
 

@@ -39,7 +39,10 @@ from tasks.gan.model import (
 from tasks.gan.params import GanDataParams, GanError, GanParams, GanPaths, InstabilityParams
 from tasks.gan.resume import MANIFEST
 from tasks.gan.score import (
+    ConfidenceScore,
     build_classifier,
+    confidence_score,
+    confident_share,
     feature_statistics,
     features_of,
     frechet_distance,
@@ -93,8 +96,10 @@ def tiny_settings(epochs: int = 2, ema_decay: float = 0.0, num_images: int = 32)
     return TrainingSettings(
         latent_dim=LATENT_DIM,
         width=WIDTH,
+        discriminator_width=WIDTH,
         epochs=epochs,
         batch_size=BATCH,
+        adam_beta_1=0.9,
         ema_decay=ema_decay,
         grid_images=16,
         instability=InstabilityParams(d_loss_below=0.05, patience=3, action="warn"),
@@ -115,6 +120,7 @@ def tiny_grid(
         "label_noises": [0.05],
         "dropouts": [0.2],
         "features": "classifier",
+        "confidence": 0.9,
     }
 
 
@@ -646,6 +652,62 @@ def test_score_features_of_inception_without_imagenet_weights_says_what_to_do(tm
     monkeypatch.setattr(keras.applications, "InceptionV3", offline)
     with pytest.raises(GanError, match="set gan.score.features to classifier"):
         score_features(tmp_path / "classifier.keras", "inception_v3")
+
+
+# --- The confident share -------------------------------------------------------------------------------------------
+
+
+def test_confident_share_counts_the_images_whose_top_class_reaches_the_threshold():
+    probabilities = np.array(
+        [
+            [0.95, 0.05, 0.0],  # confident
+            [0.0, 0.9, 0.1],  # exactly at the threshold: confident
+            [0.5, 0.3, 0.2],  # unsure
+            [1 / 3, 1 / 3, 1 / 3],  # unsure
+        ]
+    )
+
+    assert confident_share(probabilities, 0.9) == pytest.approx(0.5)
+    assert confident_share(probabilities, 0.96) == 0.0
+    assert confident_share(probabilities, 0.5) == pytest.approx(0.75)
+    assert confident_share(probabilities, 1 / 3) == 1.0
+
+
+def test_confident_share_of_no_images_is_an_error():
+    with pytest.raises(ValueError, match="at least one image"):
+        confident_share(np.zeros((0, 10)), 0.9)
+
+
+def sure_of_bright_images(batch):
+    """A classifier certain of class 1 for images brighter than mid-grey, unsure of the others."""
+    bright = ops.cast(ops.mean(batch, axis=(1, 2, 3)) > 0.5, "float32")[:, None]
+    return bright * ops.convert_to_tensor([[0.0, 1.0, 0.0]]) + (1.0 - bright) * ops.full((1, 3), 1 / 3)
+
+
+def test_a_confidence_score_judges_generated_images_against_the_real_share():
+    pixels = np.concatenate([np.full((3, TILE, TILE, 1), 0.9), np.full((5, TILE, TILE, 1), 0.1)])
+    score = ConfidenceScore(sure_of_bright_images, threshold=0.9, real_share=0.75)
+
+    assert score.share(pixels.astype(np.float32)) == pytest.approx(3 / 8)
+    assert score.share((pixels * 255).astype(np.uint8)) == pytest.approx(3 / 8)  # uint8 scaled
+    assert ConfidenceScore(sure_of_bright_images, 0.3, 0.75).share(pixels) == 1.0  # 1/3 >= 0.3
+
+
+def test_confidence_score_measures_the_real_share_with_the_float32_classifier(
+    tmp_path, tiny_data, restore_float32_policy
+):
+    keras.utils.set_random_seed(0)
+    classifier = build_classifier(SHAPE, 10)
+    classifier.save(tmp_path / "classifier.keras")
+    real = tiny_data[1].images[:16]
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")  # as the train step runs
+
+    score = confidence_score(tmp_path / "classifier.keras", 0.1, real)
+
+    assert all(layer.compute_dtype == "float32" for layer in score.classify.layers)
+    probabilities = ops.convert_to_numpy(classifier(real.astype(np.float32) / 255.0))
+    assert score.real_share == confident_share(probabilities, 0.1)
+    assert score.threshold == 0.1
 
 
 def test_rotation_task_rotates_each_image_four_ways_and_labels_the_rotation():
@@ -1182,11 +1244,12 @@ def test_mixed_precision_trains_on_cpu_with_loss_scaling(
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(gan_steps, "GAN", recording_gan(made))
-        metrics = train_point(
-            POINT, *tiny_data, tiny_settings(epochs=1, ema_decay=0.9), extractor, tmp_path, runtime
-        )
+        settings = dataclasses.replace(tiny_settings(epochs=1, ema_decay=0.9), discriminator_width=0.25)
+        metrics = train_point(POINT, *tiny_data, settings, extractor, tmp_path, runtime)
 
     (model,) = made
+    convolutions = [layer for layer in model.discriminator.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convolutions[0].filters == 16  # 64 x discriminator_width, apart from the generator's width
     assert keras.mixed_precision.global_policy().name == "mixed_float16"
     assert isinstance(model.d_optimizer, keras.optimizers.LossScaleOptimizer)
     assert isinstance(model.g_optimizer, keras.optimizers.LossScaleOptimizer)
@@ -1238,6 +1301,9 @@ def test_the_repo_params_parse(repo_params):
         (lambda gan_params: gan_params["model"].update(dropout=[1.0]), "gan.model.dropout.0"),
         (lambda gan_params: gan_params["model"].update(width=0.0), "gan.model.width"),
         (lambda gan_params: gan_params["score"].update(num_images=1), "gan.score.num_images"),
+        (lambda gan_params: gan_params["score"].update(confidence=0.0), "gan.score.confidence"),
+        (lambda gan_params: gan_params["score"].update(confidence=1.5), "gan.score.confidence"),
+        (lambda gan_params: gan_params["train"].update(adam_beta_1=1.0), "gan.train.adam_beta_1"),
     ],
     ids=[
         "image_size_30",
@@ -1252,6 +1318,9 @@ def test_the_repo_params_parse(repo_params):
         "dropout_1",
         "width_0",
         "one_score_image",
+        "confidence_0",
+        "confidence_above_1",
+        "adam_beta_1_1",
     ],
 )
 def test_bad_params_are_rejected_naming_the_key(repo_params, change, key):
@@ -1475,13 +1544,23 @@ def grid_run(tmp_path_factory, classified):
     for folder in (source.data, source.classifier):
         shutil.copytree(folder, root / folder.relative_to(source.data.parents[1]))
     params = tiny_grid(epochs=2, ema_decay=0.9, learning_rate=(1e-3, 2e-3))
-    folders = []
+    folders, judges = [], []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
             gan_steps, "work_folder", lambda *args: folders.append(work_folder(*args)) or folders[-1]
         )
+        patch.setattr(
+            gan_steps, "confidence_score", lambda *args: judges.append(confidence_score(*args)) or judges[-1]
+        )
         results = train_grid(paths, **params, runtime=RUNTIME, root=root)
-    return {"root": root, "paths": paths, "params": params, "results": results, "work_folders": folders}
+    return {
+        "root": root,
+        "paths": paths,
+        "params": params,
+        "results": results,
+        "work_folders": folders,
+        "judges": judges,
+    }
 
 
 def test_train_grid_writes_models_records_and_metrics_per_point(grid_run):
@@ -1516,6 +1595,12 @@ def test_train_grid_writes_models_records_and_metrics_per_point(grid_run):
         assert [row["epoch"] for row in epochs] == [1, 2]
         assert metrics["frechet_distance"] == epochs[-1]["frechet_distance"]
         assert len(read_csv(point / "steps.csv")) == 2 * STEPS_PER_EPOCH
+        for (
+            row
+        ) in epochs:  # the classifier's verdict every epoch, raw and moving average, beside the real share
+            assert 0.0 <= row["confident_share"] <= 1.0 and 0.0 <= row["ema_confident_share"] <= 1.0
+            assert row["real_confident_share"] == grid_run["judges"][0].real_share
+        assert metrics["confident_share"] == epochs[-1]["confident_share"]
     # The comparison: each point's last grid and its moving average's, labelled.
     finals = [
         (result["label"] + suffix, images.read_image(paths.training / result["name"] / "grids" / grid))
@@ -1523,6 +1608,16 @@ def test_train_grid_writes_models_records_and_metrics_per_point(grid_run):
         for grid, suffix in (("epoch_002.png", ""), ("ema_epoch_002.png", " (EMA)"))
     ]
     np.testing.assert_array_equal(png_pixels(paths.training / "comparison.png"), images.labelled_grid(finals))
+
+
+def test_train_grid_measures_the_real_confident_share_once_on_the_held_out_images(grid_run):
+    (judge,) = grid_run["judges"]  # one for both points
+    paths, num_images = grid_run["paths"], grid_run["params"]["settings"].num_images
+    real = load_split(paths.data / "test.npz").images[:num_images]
+    probabilities = features_of(keras.models.load_model(paths.classifier / "classifier.keras"), real)
+
+    assert judge.threshold == 0.9
+    assert judge.real_share == confident_share(probabilities, 0.9)
 
 
 def test_train_grid_removes_its_work_folders(grid_run):
