@@ -32,6 +32,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+@pytest.fixture(autouse=True)
+def float32_policy_for_each_test():
+    """Every test starts under Keras's float32 policy: `runtime.dtype_policy: auto` is mixed_bfloat16
+    on a CPU with bfloat16 instructions, and a test that configures it must not change the models
+    the tests after it build. Keras is imported only if a test has already loaded it."""
+    yield
+    import sys
+
+    if "keras" in sys.modules:
+        sys.modules["keras"].mixed_precision.set_global_policy("float32")
+
+
 @pytest.fixture(scope="session")
 def keras_home() -> Path:
     """The writable Keras cache copy tests run against (may be empty without a source cache)."""
@@ -71,7 +83,7 @@ GROUPS_IN_ORDER = ("unit", "team", "flows")
 
 
 def test_group(nodeid: str) -> str:
-    """"tests/unit/test_vae.py::test_x" -> "unit"; a tests/flows test's group is its module."""
+    """ "tests/unit/test_vae.py::test_x" -> "unit"; a tests/flows test's group is its module."""
     folder = nodeid.split("/")[1]
     return nodeid.split("::")[0] if folder == "flows" else folder
 
