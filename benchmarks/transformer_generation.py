@@ -39,6 +39,7 @@ from tasks.text.transformer.model import (
     build_transformer_lm,
     compile_model,
     generate_texts,
+    generator_inputs,
     language_model_dataset,
     make_generator,
 )
@@ -207,7 +208,7 @@ def measure_gendl(generator, vocabulary: list[str], scale: Scale) -> dict[str, A
             last[:] = generate_texts(generator, word_vocabulary, prompts, samplers, scale.num_words, SEED)
 
         timing = time_calls(generate, warmup=1, repeats=scale.gendl_repeats)
-        arguments = generator_arguments(word_vocabulary, prompts, samplers, scale.num_words)
+        _, arguments = generator_inputs(word_vocabulary, prompts, samplers, scale.num_words, SEED)
         alone = time_calls(
             lambda arguments=arguments: generator(*arguments), warmup=1, repeats=scale.gendl_repeats
         )
@@ -229,23 +230,6 @@ def measure_gendl(generator, vocabulary: list[str], scale: Scale) -> dict[str, A
     first = results["book_setting"]
     first["tracing_seconds"] = first["warmup_seconds"] - first["median_seconds"]
     return results
-
-
-def generator_arguments(
-    vocabulary: WordVocabulary, prompts: Sequence[str], samplers: Sequence[Sampler], num_words: int
-):
-    """The generator's arguments as `generate_texts` builds them (sampler-major rows)."""
-    prompt_ids, prompt_lengths = vocabulary.encode_prompts(prompts, allow_unknown=False)
-    rows = [(sampler, index) for sampler in samplers for index in range(len(prompts))]
-    return (
-        tf.constant(np.stack([prompt_ids[index] for _, index in rows])),
-        tf.constant([prompt_lengths[index] for _, index in rows], tf.int32),
-        tf.constant([sampler.temperature for sampler, _ in rows], tf.float32),
-        tf.constant([sampler.top_k or 0 for sampler, _ in rows], tf.int32),
-        tf.constant([sampler.top_p or 1.0 for sampler, _ in rows], tf.float32),
-        tf.constant(num_words, tf.int32),
-        tf.constant([SEED, 0], tf.int32),
-    )
 
 
 def step_ms(generator, batch: int, num_words: int, repeats: int) -> float:

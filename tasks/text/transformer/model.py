@@ -261,6 +261,29 @@ class Generated:
     entropy_bits: float  # mean entropy of the distributions drawn from
 
 
+def generator_inputs(
+    vocabulary: WordVocabulary,
+    prompts: Sequence[str],
+    samplers: Sequence[Sampler],
+    num_words: int,
+    rng_seed: int = 0,
+    allow_unknown: bool = False,
+) -> tuple[list[tuple[Sampler, int]], tuple[tf.Tensor, ...]]:
+    """The rows (sampler, prompt index), sampler-major, and the generator's arguments for them."""
+    prompt_ids, prompt_lengths = vocabulary.encode_prompts(prompts, allow_unknown)
+    check_fits(int(prompt_lengths.max()), num_words, vocabulary.sequence_length)
+    rows = [(sampler, index) for sampler in samplers for index in range(len(prompts))]
+    return rows, (
+        tf.constant(np.stack([prompt_ids[index] for _, index in rows])),
+        tf.constant([prompt_lengths[index] for _, index in rows], tf.int32),
+        tf.constant([sampler.temperature for sampler, _ in rows], tf.float32),
+        tf.constant([sampler.top_k or 0 for sampler, _ in rows], tf.int32),
+        tf.constant([sampler.top_p or 1.0 for sampler, _ in rows], tf.float32),
+        tf.constant(num_words, tf.int32),
+        tf.constant([rng_seed, 0], tf.int32),
+    )
+
+
 def generate_texts(
     generator,
     vocabulary: WordVocabulary,
@@ -271,18 +294,8 @@ def generate_texts(
     allow_unknown: bool = False,
 ) -> list[Generated]:
     """`num_words` words after each prompt with each sampler, all in one batch (sampler-major)."""
-    prompt_ids, prompt_lengths = vocabulary.encode_prompts(prompts, allow_unknown)
-    check_fits(int(prompt_lengths.max()), num_words, vocabulary.sequence_length)
-    rows = [(sampler, index) for sampler in samplers for index in range(len(prompts))]
-    ids, entropies = generator(
-        tf.constant(np.stack([prompt_ids[index] for _, index in rows])),
-        tf.constant([prompt_lengths[index] for _, index in rows], tf.int32),
-        tf.constant([sampler.temperature for sampler, _ in rows], tf.float32),
-        tf.constant([sampler.top_k or 0 for sampler, _ in rows], tf.int32),
-        tf.constant([sampler.top_p or 1.0 for sampler, _ in rows], tf.float32),
-        tf.constant(num_words, tf.int32),
-        tf.constant([rng_seed, 0], tf.int32),
-    )[:2]
+    rows, inputs = generator_inputs(vocabulary, prompts, samplers, num_words, rng_seed, allow_unknown)
+    ids, entropies = generator(*inputs)[:2]
     return [
         Generated(prompts[index], sampler, vocabulary.decode(row), float(np.mean(entropy)))
         for (sampler, index), row, entropy in zip(rows, ids.numpy(), entropies.numpy(), strict=True)
