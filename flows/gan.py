@@ -60,6 +60,13 @@ def gan_flow(
                         else ""
                     )
                     + f" against {metrics['real_confident_share']:.0%} of real images"
+                    + f", spread over {metrics['effective_classes']:.1f} classes"
+                    + (
+                        f" (moving average {metrics['ema_effective_classes']:.1f})"
+                        if "ema_effective_classes" in metrics
+                        else ""
+                    )
+                    + f" against {metrics['real_effective_classes']:.1f}"
                     if "confident_share" in metrics
                     else ""
                 )

@@ -82,7 +82,7 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 def save_image(image: np.ndarray, path: Path) -> Path:
     """Write a [0, 255] RGB array as PNG, atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.partial.png")
+    temporary = storage.partial_path(path, ".png")
     Image.fromarray(to_uint8(image)).save(temporary, format="PNG")
     os.replace(temporary, path)
     return path

@@ -166,10 +166,17 @@ def check_input_folder(folder: Path, inputs: Path, error: type[Exception], kind:
         )
 
 
+def partial_path(path: Path, suffix: str = "") -> Path:
+    """The hidden sibling to write `path`'s new content into before `os.replace`: named by this
+    process, so two processes writing the same file (a GAN run that outlived its worker and the
+    retry resuming in the same folder) never write into each other's half-written file."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial{suffix}")
+
+
 def write_json(path: Path, content: Any) -> None:
     """Write `content` as JSON, atomically (DVC and the flow never read half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
+    temporary = partial_path(path)
     temporary.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(temporary, path)
 
@@ -194,7 +201,7 @@ def write_rows(path: Path, rows: Sequence[dict[str, float]]) -> None:
     """Write `rows` as CSV atomically; the columns are every key in order of first appearance."""
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(dict.fromkeys(key for row in rows for key in row))
-    temporary = path.with_name(f".{path.name}.partial")
+    temporary = partial_path(path)
     with temporary.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=names)
         writer.writeheader()

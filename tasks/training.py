@@ -13,6 +13,8 @@ from pathlib import Path
 
 import keras
 
+from tasks import storage
+
 log = logging.getLogger(__name__)
 
 
@@ -113,6 +115,6 @@ def restore_last_good_epoch(
 
 def save_model_atomically(model: keras.Model, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.partial.keras")
+    temporary = storage.partial_path(path, ".keras")
     model.save(temporary)
     os.replace(temporary, path)

@@ -16,18 +16,21 @@ from tasks.gan import serving
 from tasks.gan.params import GanPaths
 from tasks.image_data import read_summary
 
+# The classifier's verdicts per epoch (tasks/gan/score.py ConfidenceScore), raw, moving average, real.
+JUDGEMENTS = ("confident_share", "effective_classes")
+
 
 def log_training(parent_run_id: str, experiment_id: str, paths: GanPaths) -> dict[str, str]:
     """One child run per grid point: its settings, d_loss/g_loss per step, the Frechet distance and
     the classifier's confident share (generated and real) per epoch, the fixed-latent grid of every epoch as a stepped image, and the generator(s); tagged with
     its `instability` if it diverged or collapsed, and FAILED if the train step said it failed. The
-    comparison of final samples, the best Frechet distance and the best confident share beside the
-    real images' go on the parent."""
+    comparison of final samples, the best Frechet distance, and the best confident share and
+    effective classes beside the real images' go on the parent."""
     client = mlflow.MlflowClient()
     summary = read_summary(paths.data)
     classifier = json.loads((paths.classifier / "metrics.json").read_text(encoding="utf-8"))
     tracking.log_metrics(parent_run_id, {f"classifier.{k}": v for k, v in classifier.items() if k != "task"})
-    child_ids, scores, shares = {}, [], {}
+    child_ids, scores, judged = {}, [], {}
     for result in grid.read_points(paths.training / "points.json"):
         folder, metrics = paths.training / result["name"], result["metrics"]
         with tracking.start_child_run(parent_run_id, experiment_id, result["label"]) as child:
@@ -38,23 +41,24 @@ def log_training(parent_run_id: str, experiment_id: str, paths: GanPaths) -> dic
             child_ids[result["name"]] = run_id
             if math.isfinite(metrics.get("frechet_distance", math.nan)):
                 scores.append(metrics["frechet_distance"])
-            for key in ("confident_share", "ema_confident_share", "real_confident_share"):
+            for key in (prefix + judgement for judgement in JUDGEMENTS for prefix in ("", "ema_", "real_")):
                 if math.isfinite(metrics.get(key, math.nan)):
-                    shares.setdefault(key, []).append(metrics[key])
+                    judged.setdefault(key, []).append(metrics[key])
         if result["instability"]:
             tracking.set_tags(run_id, {"instability": result["instability"]})
         if result["failure"]:
             tracking.mark_failed(run_id, result["failure"])
     tracking.log_metrics(parent_run_id, {"best_frechet_distance": min(scores, default=math.nan)})
-    if "real_confident_share" in shares:  # one reference share, measured once for every point
-        generated = shares.get("confident_share", []) + shares.get("ema_confident_share", [])
-        tracking.log_metrics(
-            parent_run_id,
-            {
-                "best_confident_share": max(generated, default=math.nan),
-                "real_confident_share": shares["real_confident_share"][0],
-            },
-        )
+    for judgement in JUDGEMENTS:
+        if f"real_{judgement}" in judged:  # one reference, measured once for every point
+            generated = judged.get(judgement, []) + judged.get(f"ema_{judgement}", [])
+            tracking.log_metrics(
+                parent_run_id,
+                {
+                    f"best_{judgement}": max(generated, default=math.nan),
+                    f"real_{judgement}": judged[f"real_{judgement}"][0],
+                },
+            )
     if (paths.training / "comparison.png").is_file():
         client.log_artifact(parent_run_id, str(paths.training / "comparison.png"))
     return child_ids

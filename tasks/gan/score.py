@@ -83,6 +83,21 @@ def confident_share(probabilities: np.ndarray, threshold: float) -> float:
     return float(np.mean(probabilities.max(axis=1) >= threshold))
 
 
+def effective_classes(probabilities: np.ndarray) -> float:
+    """How many classes the images' top classes spread over: exp of the entropy of the top classes'
+    histogram, from 1 (every image in one class) to the number of classes (as many in each). A
+    generator that draws one kind of thing, however confidently classified, scores near 1.
+
+    Args:
+        probabilities: (n, num_classes) softmax outputs of the classifier.
+    """
+    if len(probabilities) == 0:
+        raise ValueError("effective_classes needs at least one image, got none")
+    counts = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1])
+    shares = counts[counts > 0] / len(probabilities)
+    return float(np.exp(-np.sum(shares * np.log(shares))))
+
+
 def load_classifier(path: Path) -> keras.Model:
     """The classifier step's model in float32, as it was trained, whatever the global dtype policy
     (the train step's may be mixed precision: rounded probabilities would blur the confidence)."""
@@ -131,24 +146,35 @@ def features_of(
 @dataclass(frozen=True)
 class ConfidenceScore:
     """The pipeline's classifier as a judge: the share of images it puts in one class with
-    probability >= `threshold`, and `real_share`, that share for held-out real images (measured once,
-    the reference a generator's share is read against)."""
+    probability >= `threshold`, and over how many classes the images spread (`effective_classes`);
+    `real_share` and `real_classes` are the same for held-out real images (measured once, the
+    reference a generator is read against)."""
 
     classify: Callable[[tf.Tensor], tf.Tensor]  # images in [0, 1] -> (n, num_classes) probabilities
     threshold: float
     real_share: float
+    real_classes: float
+
+    def judge(self, pixels: np.ndarray) -> dict[str, float]:
+        """`confident_share` and `effective_classes` of images, uint8 or float in [0, 1]."""
+        probabilities = features_of(self.classify, pixels)
+        return {
+            "confident_share": confident_share(probabilities, self.threshold),
+            "effective_classes": effective_classes(probabilities),
+        }
 
     def share(self, pixels: np.ndarray) -> float:
-        """The confident share of images, uint8 or float in [0, 1]."""
-        return confident_share(features_of(self.classify, pixels), self.threshold)
+        return self.judge(pixels)["confident_share"]
 
 
 def confidence_score(classifier_path: Path, threshold: float, real_pixels: np.ndarray) -> ConfidenceScore:
     """The classifier step's model (float32, as it was trained) as a ConfidenceScore, its reference
     share measured on `real_pixels`."""
     classify = load_classifier(classifier_path)
-    real_share = confident_share(features_of(classify, real_pixels), threshold)
-    return ConfidenceScore(classify, threshold, real_share)
+    probabilities = features_of(classify, real_pixels)
+    return ConfidenceScore(
+        classify, threshold, confident_share(probabilities, threshold), effective_classes(probabilities)
+    )
 
 
 def train_classifier(paths: GanPaths, epochs: int, runtime: RuntimeParams) -> dict[str, float]:

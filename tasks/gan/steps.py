@@ -35,7 +35,7 @@ from tasks.gan.model import (
     generate,
 )
 from tasks.gan.params import GanError, GanPaths, InstabilityParams, load
-from tasks.gan.resume import restore_checkpoint, save_checkpoint
+from tasks.gan.resume import OWNER, FolderOwner, claim_folder, restore_checkpoint, save_checkpoint
 from tasks.gan.score import (
     ConfidenceScore,
     confidence_score,
@@ -136,9 +136,10 @@ class EpochRecords(keras.callbacks.Callback):
             statistics = feature_statistics(features_of(self.extractor, generated))
             row[f"{prefix}frechet_distance"] = frechet_distance(*statistics, *self.real_statistics)
             if self.confidence is not None:
-                row[f"{prefix}confident_share"] = self.confidence.share(generated)
+                row |= {f"{prefix}{key}": value for key, value in self.confidence.judge(generated).items()}
         if self.confidence is not None:
             row["real_confident_share"] = self.confidence.real_share
+            row["real_effective_classes"] = self.confidence.real_classes
         self.epoch_rows.append(row)
         storage.write_rows(self.epochs_path, self.epoch_rows)
         storage.write_rows(self.steps_path, self.step_rows)
@@ -194,6 +195,7 @@ def train_point(
             jit_compile=runtime.jit_compile,
         )
         gan(np.zeros((1, latent_dim), np.float32))  # built, so a checkpoint can be restored into it
+    owner = FolderOwner(folder, claim_folder(folder))
     initial_epoch = restore_checkpoint(folder / CHECKPOINT, gan)
     if initial_epoch:
         log.info("resuming after epoch %d from %s", initial_epoch, folder)
@@ -223,6 +225,7 @@ def train_point(
         epochs=epochs,
         initial_epoch=initial_epoch,
         callbacks=[
+            owner,
             records,
             nan_guard,
             collapse_guard,
@@ -297,7 +300,12 @@ def train_grid(
         )
     extractor = score_features(classifier, features)
     judge = confidence_score(classifier, confidence, test.images[: settings.num_images])
-    log.info("real images the classifier is confident about (>= %g): %.3f", confidence, judge.real_share)
+    log.info(
+        "real images the classifier is confident about (>= %g): %.3f, spread over %.1f classes",
+        confidence,
+        judge.real_share,
+        judge.real_classes,
+    )
     points = grid.expand(GridPoint, learning_rate=learning_rates, label_noise=label_noises, dropout=dropouts)
     varying = grid.varying_fields(points)
     depends_on = {  # besides the point and the data: what a resumed run must share with the first
@@ -323,7 +331,9 @@ def train_grid(
         (paths.models / name).mkdir()
         for model in folder.glob("*generator.keras"):
             shutil.copy2(model, paths.models / name / model.name)
-        shutil.copytree(folder, paths.training / name, ignore=shutil.ignore_patterns(CHECKPOINT, "*.keras"))
+        shutil.copytree(
+            folder, paths.training / name, ignore=shutil.ignore_patterns(CHECKPOINT, OWNER, "*.keras")
+        )
         for prefix, suffix in (("", ""), ("ema_", " (EMA)")):  # the last good epoch's samples
             last_grid = folder / "grids" / f"{prefix}epoch_{metrics['epochs_completed']:03d}.png"
             if metrics["epochs_completed"] and last_grid.is_file():

@@ -83,6 +83,10 @@ def test_one_child_run_per_grid_point_with_losses_scores_and_epoch_grids(flow_ru
             assert all(0 <= m.value <= 1 for m in history)
         real_shares = {m.value for m in client.get_metric_history(child.info.run_id, "real_confident_share")}
         assert len(real_shares) == 1  # measured once
+        for name in ("effective_classes", "ema_effective_classes", "real_effective_classes"):
+            history = client.get_metric_history(child.info.run_id, name)
+            assert sorted(m.step for m in history) == list(range(1, epochs + 1))
+            assert all(1 <= m.value <= 10 for m in history)
         images = [
             a.path for a in client.list_artifacts(child.info.run_id, "images") if a.path.endswith(".png")
         ]
@@ -119,6 +123,13 @@ def test_parent_run_has_the_final_samples_side_by_side_and_the_best_score(flow_r
     assert parent.data.metrics["best_confident_share"] == pytest.approx(max(shares))
     real = {c.data.metrics["final_real_confident_share"] for c in children_of(result)}
     assert real == {parent.data.metrics["real_confident_share"]}  # one reference for every point
+    spreads = [
+        c.data.metrics[f"final_{key}"]
+        for c in children_of(result)
+        for key in ("effective_classes", "ema_effective_classes")
+    ]
+    assert parent.data.metrics["best_effective_classes"] == pytest.approx(max(spreads))
+    assert 1 <= parent.data.metrics["real_effective_classes"] <= 10
     assert 0 < parent.data.metrics["classifier.test_accuracy"] <= 1
     assert "comparison.png" in [a.path for a in client.list_artifacts(parent.info.run_id)]
 

@@ -37,12 +37,13 @@ from tasks.gan.model import (
     num_upsamplings,
 )
 from tasks.gan.params import GanDataParams, GanError, GanParams, GanPaths, InstabilityParams
-from tasks.gan.resume import MANIFEST
+from tasks.gan.resume import MANIFEST, claim_folder
 from tasks.gan.score import (
     ConfidenceScore,
     build_classifier,
     confidence_score,
     confident_share,
+    effective_classes,
     feature_statistics,
     features_of,
     frechet_distance,
@@ -686,11 +687,25 @@ def sure_of_bright_images(batch):
 
 def test_a_confidence_score_judges_generated_images_against_the_real_share():
     pixels = np.concatenate([np.full((3, TILE, TILE, 1), 0.9), np.full((5, TILE, TILE, 1), 0.1)])
-    score = ConfidenceScore(sure_of_bright_images, threshold=0.9, real_share=0.75)
+    score = ConfidenceScore(sure_of_bright_images, threshold=0.9, real_share=0.75, real_classes=3.0)
 
     assert score.share(pixels.astype(np.float32)) == pytest.approx(3 / 8)
     assert score.share((pixels * 255).astype(np.uint8)) == pytest.approx(3 / 8)  # uint8 scaled
-    assert ConfidenceScore(sure_of_bright_images, 0.3, 0.75).share(pixels) == 1.0  # 1/3 >= 0.3
+    assert ConfidenceScore(sure_of_bright_images, 0.3, 0.75, 3.0).share(pixels) == 1.0  # 1/3 >= 0.3
+    # 3 images in class 1, 5 (all classes equally likely: argmax the first) in class 0.
+    assert score.judge(pixels)["effective_classes"] == pytest.approx(
+        np.exp(-(3 / 8 * np.log(3 / 8) + 5 / 8 * np.log(5 / 8)))
+    )
+
+
+def test_effective_classes_counts_how_many_classes_the_images_spread_over():
+    one_hot = np.eye(4)
+    assert effective_classes(one_hot[[2] * 10]) == pytest.approx(1.0)  # one kind of thing
+    assert effective_classes(one_hot[[0, 1, 2, 3] * 5]) == pytest.approx(4.0)  # as many of each
+    assert effective_classes(one_hot[[0, 1] * 5]) == pytest.approx(2.0)
+    assert 2.0 < effective_classes(one_hot[[0, 0, 0, 1, 2, 3]]) < 4.0
+    with pytest.raises(ValueError, match="at least one image"):
+        effective_classes(np.zeros((0, 4)))
 
 
 def test_confidence_score_measures_the_real_share_with_the_float32_classifier(
@@ -707,6 +722,7 @@ def test_confidence_score_measures_the_real_share_with_the_float32_classifier(
     assert all(layer.compute_dtype == "float32" for layer in score.classify.layers)
     probabilities = ops.convert_to_numpy(classifier(real.astype(np.float32) / 255.0))
     assert score.real_share == confident_share(probabilities, 0.1)
+    assert score.real_classes == effective_classes(probabilities)
     assert score.threshold == 0.1
 
 
@@ -1170,6 +1186,36 @@ def test_a_run_killed_while_its_checkpoint_is_written_resumes_from_the_last_comp
     assert [row["epoch"] for row in read_csv(folder / "epochs.csv")] == [1, 2, 3]
 
 
+def test_a_run_whose_folder_a_newer_run_claims_stops_without_writing_and_the_newer_resumes(
+    tmp_path, tiny_data, extractor
+):
+    """A worker dies, its step process lives on; the retry claims the shared folder during that
+    process's epoch 2: the old process stops at the epoch's end, its epoch 2 unwritten."""
+    folder, settings = tmp_path / "work", tiny_settings(epochs=3)
+
+    class ClaimedInEpoch2(ProgressLog):
+        def on_train_batch_end(self, index, logs=None):
+            super().on_train_batch_end(index, logs)
+            if self.epoch == 1 and index == 0:
+                claim_folder(folder)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gan_steps, "ProgressLog", ClaimedInEpoch2)
+        with pytest.raises(GanError, match="took over .*stops without writing its epoch 2"):
+            train_point(POINT, *tiny_data, settings, extractor, folder, RUNTIME)
+    assert [row["epoch"] for row in read_csv(folder / "epochs.csv")] == [1]
+    assert json.loads((folder / CHECKPOINT / MANIFEST).read_text())["epoch"] == 1
+    assert sorted(path.name for path in (folder / "grids").iterdir()) == ["epoch_001.png"]
+
+    with Messages() as messages:
+        metrics = train_point(POINT, *tiny_data, settings, extractor, folder, RUNTIME)
+
+    assert any("resuming after epoch 1" in message for message in messages.messages)
+    assert metrics["epochs_completed"] == 3
+    assert [row["epoch"] for row in read_csv(folder / "epochs.csv")] == [1, 2, 3]
+    assert not list(folder.rglob(".*partial*")), "a half-written file was left behind"
+
+
 def test_a_resumed_run_that_diverges_keeps_the_epochs_it_had(resumed_run, tiny_data, extractor, tmp_path):
     folder = tmp_path / "work"
     shutil.copytree(resumed_run["root"] / "interrupted", folder)  # killed in epoch 3
@@ -1599,7 +1645,9 @@ def test_train_grid_writes_models_records_and_metrics_per_point(grid_run):
             row
         ) in epochs:  # the classifier's verdict every epoch, raw and moving average, beside the real share
             assert 0.0 <= row["confident_share"] <= 1.0 and 0.0 <= row["ema_confident_share"] <= 1.0
+            assert 1.0 <= row["effective_classes"] <= 10.0 and 1.0 <= row["ema_effective_classes"] <= 10.0
             assert row["real_confident_share"] == grid_run["judges"][0].real_share
+            assert row["real_effective_classes"] == grid_run["judges"][0].real_classes
         assert metrics["confident_share"] == epochs[-1]["confident_share"]
     # The comparison: each point's last grid and its moving average's, labelled.
     finals = [
@@ -1618,6 +1666,7 @@ def test_train_grid_measures_the_real_confident_share_once_on_the_held_out_image
 
     assert judge.threshold == 0.9
     assert judge.real_share == confident_share(probabilities, 0.9)
+    assert judge.real_classes == effective_classes(probabilities)
 
 
 def test_train_grid_removes_its_work_folders(grid_run):
