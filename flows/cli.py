@@ -13,6 +13,7 @@ from typing import Any
 from flows.registry import validate
 from tasks import tracking
 from tasks.params import ParamsError, available_profiles, checkout_lock, load_params
+from tasks.step_server import step_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # `flow.serve` from a terminal ran one checkout's flow and paused its schedule when the terminal closed.
@@ -46,7 +47,8 @@ def run_cli(flow_function: Callable[..., Any], techniques: list[str] | None = No
         return 2
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
     try:
-        with checkout_lock(root):  # another flow run in this checkout: say so now, not after Prefect starts
+        # The step server imports TensorFlow while Prefect's server starts, for every stage after.
+        with checkout_lock(root), step_server():  # another flow run in this checkout: said now
             flow_function(profile=args.profile, root=root)
     except ParamsError as error:
         print(f"error: {error}", file=sys.stderr)

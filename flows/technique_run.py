@@ -31,6 +31,7 @@ from tasks import champion, grid, storage, tracking
 from tasks.grid import TrainingFailed
 from tasks.params import applied_profile
 from tasks.pipeline import pull_inputs, push_outputs, run_stage, stage_retries, team_remote
+from tasks.step_server import step_server
 
 promote = task(champion.promote, name="champion", retries=2, retry_delay_seconds=5)
 
@@ -213,7 +214,7 @@ def technique_run(
     sets its overrides on top of the profile."""
     logger = get_run_logger()
     root = Path(root).resolve()
-    with applied_profile(root, profile, sweep.overrides if sweep else None) as params:
+    with step_server(), applied_profile(root, profile, sweep.overrides if sweep else None) as params:
         settings = validate(params, [technique.name])["tracking"]
         tracking_uri = tracking.resolve_tracking_uri(settings.uri, root)
         refuse_workspace_store(tracking_uri, root)

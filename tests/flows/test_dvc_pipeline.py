@@ -63,7 +63,7 @@ def step_names(module: str) -> set[str]:
 @pytest.mark.parametrize("name", sorted(dvc_yaml()["stages"]))
 def test_every_stage_command_is_a_step_its_module_has(name):
     command = dvc_yaml()["stages"][name]["cmd"]
-    match = re.fullmatch(r"python -m (tasks\.[\w.]+) (\w+)", command)
+    match = re.fullmatch(r"python -m tasks\.run (tasks\.[\w.]+) (\w+)", command)
     assert match, command
     assert match.group(2) in step_names(match.group(1)), command
 

@@ -69,8 +69,10 @@ def code_dependencies(root: Path, module: str) -> set[str]:
 
 
 def stage_module(command: str) -> str:
-    match = re.fullmatch(r"python -m ([\w.]+) \w+", command)
-    assert match, f"stage command {command!r} is not `python -m <module> <step>`"
+    """The step module a stage runs. The launcher before it (tasks/run.py, which hands the step to
+    the flow's step server or runs it in its own process) computes nothing, so it is not listed."""
+    match = re.fullmatch(r"python -m tasks\.run ([\w.]+) \w+", command)
+    assert match, f"stage command {command!r} is not `python -m tasks.run <module> <step>`"
     return match.group(1)
 
 

@@ -1,0 +1,38 @@
+"""`python -m tasks.run <module> <step> [--root DIR]`, the command of every DVC stage: runs
+`python -m <module> <step> ...` on the flow's step server when there is one (tasks/step_server.py:
+TensorFlow already imported), else in this process, which then ends without the interpreter's
+teardown (TensorFlow's takes seconds). Either way the output and the exit code are the step's.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from collections.abc import Sequence
+
+from tasks.step_server import run_on_server
+
+
+def run(module: str, args: Sequence[str]) -> int:
+    code = run_on_server(module, args)
+    if code is not None:
+        return code
+    sys.argv = [module, *args]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as exit:
+        if exit.code is None or isinstance(exit.code, int):
+            return exit.code or 0
+        print(exit.code, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    code = run(sys.argv[1], sys.argv[2:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,135 @@
+"""The step server (tasks/step_server.py) runs a stage's step as `python -m` would in a new process:
+the stage's own code, folder, arguments, environment, streams and exit code; it refuses what it
+cannot run the same way, and a step whose command is stopped is stopped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks import step_server
+from tasks.step_server import STEP_SERVER
+from tests.conftest import REPO_ROOT
+
+PROBE = """
+import os, sys, time
+print("argv", sys.argv[1:], "cwd", os.getcwd(), "parent", os.getppid(), "probe", os.environ.get("PROBE"))
+print("stdin", sys.stdin.read().strip())
+print("code", __file__)
+print("to stderr", file=sys.stderr)
+if sys.argv[1] == "sleep":
+    open("started", "w").close()
+    time.sleep(60)
+if sys.argv[1] == "crash":
+    os.kill(os.getpid(), 9)
+sys.exit(int(sys.argv[2]))
+"""
+
+
+@pytest.fixture(scope="module")
+def stage_folder(tmp_path_factory) -> Path:
+    """A checkout with its own `tasks` package: the launcher, the server, and a probe step."""
+    folder = tmp_path_factory.mktemp("stage")
+    (folder / "tasks").mkdir()
+    for name in ("__init__.py", "run.py", "step_server.py"):
+        shutil.copy(REPO_ROOT / "tasks" / name, folder / "tasks" / name)
+    (folder / "tasks" / "probe.py").write_text(PROBE)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(stage_folder):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(STEP_SERVER, raising=False)
+        with step_server.step_server() as folder:
+            deadline = time.monotonic() + 120
+            while not (Path(folder) / step_server.SOCKET).exists():
+                assert time.monotonic() < deadline, (Path(folder) / "server.log").read_text()
+                time.sleep(0.1)
+            server_pid = int(
+                subprocess.check_output(["pgrep", "-f", f"tasks.step_server {folder}"]).split()[0]
+            )
+            yield {"folder": folder, "env": {**os.environ, "PROBE": "from the stage"}, "pid": server_pid}
+        assert STEP_SERVER not in os.environ
+
+
+def run(stage_folder: Path, env: dict, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tasks.run", "tasks.probe", *args],
+        cwd=stage_folder, env=env, input=stdin, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_step_runs_on_the_server_as_its_own_process_would(server, stage_folder):
+    started = time.perf_counter()
+    result = run(stage_folder, server["env"], "go", "3", stdin="piped in")
+    seconds = time.perf_counter() - started
+
+    assert result.returncode == 3
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"argv ['go', '3'] cwd {stage_folder} parent ")
+    assert lines[0].endswith("probe from the stage")
+    supervisor = int(lines[0].split("parent ")[1].split()[0])
+    assert os.getppid() != supervisor and _parent_of(supervisor) == server["pid"], "not forked by the server"
+    assert lines[1] == "stdin piped in"
+    assert lines[2] == f"code {stage_folder / 'tasks' / 'probe.py'}", "not the stage's own code"
+    assert result.stderr.strip() == "to stderr"
+    assert seconds < 5, f"{seconds:.1f} s: TensorFlow's import was not skipped"
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def test_without_a_server_the_step_runs_in_its_own_process(stage_folder):
+    env = {key: value for key, value in os.environ.items() if key != STEP_SERVER}
+    result = run(stage_folder, {**env, "PROBE": "cold"}, "go", "0", stdin="x")
+
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[0].endswith(
+        f"parent {os.getpid()} probe cold"
+    )  # in the command's process
+    assert result.stderr.strip() == "to stderr"
+
+
+def test_a_step_whose_import_time_environment_differs_runs_in_its_own_process(server, stage_folder):
+    result = run(stage_folder, {**server["env"], "TF_ENABLE_ONEDNN_OPTS": "0"}, "go", "5")
+
+    assert result.returncode == 5
+    assert "step server: TF_ENABLE_ONEDNN_OPTS differ" in result.stderr
+    assert "probe from the stage" in result.stdout
+
+
+def test_a_step_killed_by_a_signal_exits_as_a_shell_reports_it(server, stage_folder):
+    assert run(stage_folder, server["env"], "crash", "0").returncode == 128 + signal.SIGKILL
+
+
+def test_stopping_the_command_stops_its_step(server, stage_folder):
+    (stage_folder / "started").unlink(missing_ok=True)
+    command = subprocess.Popen(
+        [sys.executable, "-m", "tasks.run", "tasks.probe", "sleep", "0"],
+        cwd=stage_folder, env=server["env"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (stage_folder / "started").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    step = int(command.stdout.readline().split("parent ")[1].split()[0])  # its supervisor
+    command.send_signal(signal.SIGTERM)
+    command.wait(timeout=30)
+
+    deadline = time.monotonic() + 30
+    while _alive_children(step) or Path(f"/proc/{step}").exists():
+        assert time.monotonic() < deadline, "the step outlived its command"
+        time.sleep(0.1)
+
+
+def _alive_children(pid: int) -> bool:
+    return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True).returncode == 0
