@@ -46,6 +46,8 @@ def run_cli(flow_function: Callable[..., Any], techniques: list[str] | None = No
         print(f"error: {error}", file=sys.stderr)
         return 2
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
+    # Prefect's 20 s for its ephemeral server to start is too short on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     try:
         # The step server imports TensorFlow while Prefect's server starts, for every stage after.
         with checkout_lock(root), step_server():  # another flow run in this checkout: said now
