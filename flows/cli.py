@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
 from flows.registry import validate
 from tasks import tracking
 from tasks.params import ParamsError, available_profiles, checkout_lock, load_params
@@ -46,11 +48,9 @@ def run_cli(flow_function: Callable[..., Any], techniques: list[str] | None = No
         print(f"error: {error}", file=sys.stderr)
         return 2
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
-    # Prefect's 20 s for its ephemeral server to start is too short on a busy 2-core machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     try:
         # The step server imports TensorFlow while Prefect's server starts, for every stage after.
-        with checkout_lock(root), step_server():  # another flow run in this checkout: said now
+        with checkout_lock(root), step_server(), temporary_settings(updates=patient_ephemeral_server()):
             flow_function(profile=args.profile, root=root)
     except ParamsError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -60,6 +60,14 @@ def run_cli(flow_function: Callable[..., Any], techniques: list[str] | None = No
         return 1
     print(next_steps(root, tracking_uri))
     return 0
+
+
+def patient_ephemeral_server() -> dict:
+    """Prefect's 20 s for its ephemeral server to start are too few on a busy 2-core machine; an
+    explicit PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS wins."""
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
+        return {}
+    return {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120}
 
 
 def next_steps(root: Path, tracking_uri: str) -> str:
