@@ -53,11 +53,20 @@ def import_environment(env: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in env.items() if IMPORT_TIME_VARIABLES.match(key)}
 
 
-def refusal(request: Mapping[str, Any], imported: Mapping[str, str]) -> str | None:
-    """Why the server cannot run `request` as a new process would, or None if it can."""
+def refusal(
+    request: Mapping[str, Any], imported: Mapping[str, str], set_by_imports: Mapping[str, str]
+) -> str | None:
+    """Why the server cannot run `request` as a new process would, or None if it can. A variable
+    the imports set to the value the step already has (TensorFlow's KMP_*, inherited from a flow
+    process that imported it) makes no difference."""
     if request["executable"] != sys.executable:
         return f"the server runs {sys.executable}, the step asks for {request['executable']}"
-    differing = sorted(set(import_environment(request["env"]).items()) ^ set(imported.items()))
+    wanted = {
+        key: value
+        for key, value in import_environment(request["env"]).items()
+        if set_by_imports.get(key) != value
+    }
+    differing = sorted(set(wanted.items()) ^ set(imported.items()))
     if differing:
         return f"{', '.join(dict(differing))} differ from the server's, which imported TensorFlow with them"
     return None
@@ -150,7 +159,7 @@ def supervise(
     that asked for it is gone (DVC or the flow was stopped)."""
     request, fds = receive_request(connection)
     reply = connection.makefile("w")
-    if reason := refusal(request, imported):
+    if reason := refusal(request, imported, set_by_imports):
         reply.write(json.dumps({"refused": reason}) + "\n")
         reply.flush()
         return

@@ -133,3 +133,25 @@ def test_stopping_the_command_stops_its_step(server, stage_folder):
 
 def _alive_children(pid: int) -> bool:
     return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True).returncode == 0
+
+
+def test_the_server_refuses_only_what_would_import_differently():
+    imported = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    set_by_imports = {"KMP_INIT_AT_FORK": "FALSE"}  # what importing TensorFlow sets itself
+
+    def request(**env):
+        return {"executable": sys.executable, "env": {"PATH": "/bin", "TF_CPP_MIN_LOG_LEVEL": "2", **env}}
+
+    assert step_server.refusal(request(), imported, set_by_imports) is None
+    assert step_server.refusal(request(MLFLOW_RUN_ID="x"), imported, set_by_imports) is None
+    # Inherited from a process that imported TensorFlow: the same value the import would set.
+    assert step_server.refusal(request(KMP_INIT_AT_FORK="FALSE"), imported, set_by_imports) is None
+    assert "KMP_INIT_AT_FORK" in step_server.refusal(
+        request(KMP_INIT_AT_FORK="TRUE"), imported, set_by_imports
+    )
+    assert "KERAS_HOME" in step_server.refusal(request(KERAS_HOME="/elsewhere"), imported, set_by_imports)
+    assert "TF_CPP_MIN_LOG_LEVEL" in step_server.refusal(
+        {**request(), "env": {"PATH": "/bin"}}, imported, set_by_imports
+    )
+    other = {**request(), "executable": "/usr/bin/python3"}
+    assert "/usr/bin/python3" in step_server.refusal(other, imported, set_by_imports)
