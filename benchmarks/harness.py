@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -87,6 +88,63 @@ def peak_rss_bytes() -> int:
         return peak
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return max_rss if sys.platform == "darwin" else max_rss * 1024  # bytes on macOS, KiB on Linux
+
+
+# --- Compute bounds ---------------------------------------------------------------------------
+
+
+def float_ops(concrete_function: Any) -> int:
+    """Floating-point operations of one call of a traced TensorFlow function (its graph as
+    TensorFlow's profiler counts them: matmuls, convolutions and their gradients, elementwise ops)."""
+    from tensorflow.python.profiler import model_analyzer, option_builder
+
+    options = option_builder.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return int(model_analyzer.profile(concrete_function.graph, options=options).total_float_ops)
+
+
+def matmul_peak_flops(dtype: str, size: int = 2048, repeats: int = 5) -> float:
+    """This CPU's attainable rate for `dtype` ("float32" or "bfloat16"): FLOP/s of the best of
+    `repeats` square matmuls of `size`, the densest work TensorFlow does. A step's FLOP/s over this
+    says how much of the machine it uses: near 1, compute bounds it; far below, something else does
+    (small ops, the input pipeline, Python)."""
+    import tensorflow as tf
+
+    a = tf.random.stateless_uniform((size, size), seed=(1, 2), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    product = tf.function(lambda x: tf.reduce_sum(tf.cast(tf.matmul(x, x), tf.float32)))
+    product(a).numpy()  # traced and warmed up
+    best = min(timed(lambda: product(a).numpy())[1] for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+KERNEL_EVENT = re.compile(r"(?P<name>[^\s:]+):(?P<type>\w+)")  # a kernel's trace event: "op name:op type"
+
+
+def kernel_seconds(
+    call: Callable[[], Any], kind_of: Callable[[str, str], str], calls: int = 1
+) -> dict[str, float]:
+    """Seconds per call of `call` spent in each kind of kernel, summed over TensorFlow's threads,
+    from a profiler trace of `calls` calls; `kind_of(op_name, op_type)` names a kernel's kind.
+    Kinds that never ran are absent. Reads the trace's XPlane protobuf (no public reader)."""
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="gendl-bench-profile-") as directory:
+        tf.profiler.experimental.start(directory)
+        for _ in range(calls):
+            call()
+        tf.profiler.experimental.stop()
+        for trace in Path(directory).rglob("*.xplane.pb"):
+            for plane in xplane_pb2.XSpace.FromString(trace.read_bytes()).planes:
+                names = {key: metadata.name for key, metadata in plane.event_metadata.items()}
+                for line in plane.lines:
+                    for event in line.events:
+                        if kernel := KERNEL_EVENT.fullmatch(names.get(event.metadata_id, "")):
+                            kind = kind_of(kernel["name"], kernel["type"])
+                            seconds[kind] = seconds.get(kind, 0.0) + event.duration_ps * 1e-12 / calls
+    return dict(sorted(seconds.items()))
 
 
 # --- Child processes --------------------------------------------------------------------------
