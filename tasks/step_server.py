@@ -97,10 +97,20 @@ def run_on_server(module: str, args: Sequence[str], env: Mapping[str, str] = os.
     with connection:
         socket.send_fds(connection, [HEADER.pack(len(payload))], [0, 1, 2])
         connection.sendall(payload)
-        reply = json.loads(connection.makefile("r").readline() or '{"refused": "the server stopped"}')
-    if "refused" in reply:
-        print(f"step server: {reply['refused']}; running the step in its own process", file=sys.stderr)
-        return None
+        replies = connection.makefile("r")
+        reply = json.loads(replies.readline() or '{"refused": "the server stopped"}')
+        if "refused" in reply:
+            print(f"step server: {reply['refused']}; running the step in its own process", file=sys.stderr)
+            return None
+        step = reply["started"]
+        reply = json.loads(replies.readline() or "{}")
+    if "exit" not in reply:  # its supervisor died: the step must not go on unwatched, nor run twice
+        try:
+            os.killpg(step, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        print("step server: the step's supervisor went away; the step was stopped", file=sys.stderr)
+        return 1
     return reply["exit"] if reply["exit"] >= 0 else 128 - reply["exit"]  # killed by a signal: as a shell says
 
 
@@ -165,11 +175,14 @@ def supervise(
         return
     step = os.fork()
     if step == 0:
+        reply.close()  # the step keeps no end of the connection: the command sees EOF if its supervisor dies
         connection.close()
         os.setsid()  # its own process group: stopped as a whole
         run_step(request, fds, set_by_imports)
     for fd in fds:
         os.close(fd)
+    reply.write(json.dumps({"started": step}) + "\n")
+    reply.flush()
     while True:
         finished, status = os.waitpid(step, os.WNOHANG)
         if finished:

@@ -155,3 +155,26 @@ def test_the_server_refuses_only_what_would_import_differently():
     )
     other = {**request(), "executable": "/usr/bin/python3"}
     assert "/usr/bin/python3" in step_server.refusal(other, imported, set_by_imports)
+
+
+def test_a_step_whose_supervisor_dies_is_stopped_and_fails(server, stage_folder):
+    (stage_folder / "started").unlink(missing_ok=True)
+    command = subprocess.Popen(
+        [sys.executable, "-m", "tasks.run", "tasks.probe", "sleep", "0"],
+        cwd=stage_folder, env=server["env"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (stage_folder / "started").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    supervisor = int(command.stdout.readline().split("parent ")[1].split()[0])
+    step = int(subprocess.check_output(["pgrep", "-P", str(supervisor)]).split()[0])
+    os.kill(supervisor, signal.SIGKILL)
+
+    assert command.wait(timeout=30) == 1
+    assert "the step's supervisor went away; the step was stopped" in command.stderr.read()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{step}").exists() and "Z" not in Path(f"/proc/{step}/stat").read_text().split()[2]:
+        assert time.monotonic() < deadline, "the step ran on without its supervisor"
+        time.sleep(0.1)
