@@ -120,9 +120,7 @@ def parse_policies(text: str) -> list[str]:
 
 def default_policy() -> str:
     """The policy `runtime.dtype_policy: auto` picks on this machine."""
-    return choose_dtype_policy(
-        "auto", len(tf.config.list_physical_devices("GPU")), cpu_has_bfloat16(), recurrent=True
-    )
+    return choose_dtype_policy("auto", len(tf.config.list_physical_devices("GPU")), cpu_has_bfloat16())
 
 
 # --- a. Sampling speed --------------------------------------------------------------------------

@@ -19,13 +19,11 @@ def configure_runtime(
     dtype_policy: str = "float32",
     memory_growth: bool = True,
     distribute: str = "auto",
-    recurrent: bool = False,
 ) -> tf.distribute.Strategy:
     """Seed everything and prepare the devices; returns the strategy to build models under.
 
     `dtype_policy="auto"` chooses by hardware (`choose_dtype_policy`); naming a Keras policy forces
-    it, which is how tests exercise mixed precision on a CPU; `recurrent` models get float32 from
-    "auto" on a CPU. `distribute="auto"` mirrors over all
+    it, which is how tests exercise mixed precision on a CPU. `distribute="auto"` mirrors over all
     GPUs when there are several; "mirrored" always mirrors (over the CPU when there is no GPU).
     """
     keras.utils.set_random_seed(seed)
@@ -36,9 +34,7 @@ def configure_runtime(
                 tf.config.experimental.set_memory_growth(gpu, True)
             except RuntimeError:  # devices already initialised in this process: keep as is
                 log.debug("memory growth not set on %s: already initialised", gpu.name)
-    keras.mixed_precision.set_global_policy(
-        choose_dtype_policy(dtype_policy, len(gpus), cpu_has_bfloat16(), recurrent)
-    )
+    keras.mixed_precision.set_global_policy(choose_dtype_policy(dtype_policy, len(gpus), cpu_has_bfloat16()))
     strategy = choose_strategy(len(gpus), distribute)
     log.info(
         "runtime: %d GPU(s), policy %s, strategy %s",
@@ -49,19 +45,16 @@ def configure_runtime(
     return strategy
 
 
-def choose_dtype_policy(requested: str, num_gpus: int, cpu_bfloat16: bool, recurrent: bool = False) -> str:
+def choose_dtype_policy(requested: str, num_gpus: int, cpu_bfloat16: bool) -> str:
     """The Keras dtype policy for `requested`: a named policy as is; "auto" is mixed_float16 on a
     GPU, mixed_bfloat16 on a CPU with bfloat16 matrix instructions (about 2x float32's matmul
-    throughput there; float16 has no such instructions on CPUs and runs slower), float32 otherwise
-    and for a `recurrent` model on a CPU: an LSTM's small per-timestep matmuls gain little from
-    bfloat16 while its casts and gates cost more each step (the char-LSTM trained at 0.5-0.7x
-    float32's speed under mixed_bfloat16 here). Under a mixed policy the layers that must stay
-    float32 say so (each model's outputs, losses)."""
+    throughput there; float16 has no such instructions on CPUs and runs slower), float32 otherwise.
+    Under a mixed policy the layers that must stay float32 say so (each model's outputs, losses)."""
     if requested != "auto":
         return requested
     if num_gpus:
         return "mixed_float16"
-    return "mixed_bfloat16" if cpu_bfloat16 and not recurrent else "float32"
+    return "mixed_bfloat16" if cpu_bfloat16 else "float32"
 
 
 def cpu_has_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:

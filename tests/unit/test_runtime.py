@@ -71,14 +71,6 @@ def test_dtype_policy_choice(requested, num_gpus, cpu_bfloat16, expected):
     assert choose_dtype_policy(requested, num_gpus, cpu_bfloat16) == expected
 
 
-@pytest.mark.parametrize(
-    ("requested", "num_gpus", "expected"),
-    [("auto", 0, "float32"), ("auto", 1, "mixed_float16"), ("mixed_bfloat16", 0, "mixed_bfloat16")],
-)
-def test_a_recurrent_model_gets_float32_from_auto_on_a_bfloat16_cpu(requested, num_gpus, expected):
-    assert choose_dtype_policy(requested, num_gpus, cpu_bfloat16=True, recurrent=True) == expected
-
-
 @pytest.mark.parametrize(("cpu_bfloat16", "expected"), [(True, "mixed_bfloat16"), (False, "float32")])
 def test_configure_runtime_applies_the_auto_choice_on_a_cpu(
     monkeypatch, restore_float32_policy, cpu_bfloat16, expected

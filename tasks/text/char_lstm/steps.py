@@ -1,6 +1,6 @@
 """The char-LSTM's model steps: train it on the prepared corpus, then sample texts from it.
 
-python -m tasks.text.char_lstm.steps {train,sample} [--root DIR]
+    python -m tasks.text.char_lstm.steps {train,sample} [--root DIR]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def train_char_lstm(
 ) -> dict[str, float]:
     """Train the LSTM, checkpointing each good epoch; writes model, history and metrics."""
     strategy = configure_runtime(
-        runtime.seed, runtime.dtype_policy, runtime.memory_growth, runtime.distribute, recurrent=True
+        runtime.seed, runtime.dtype_policy, runtime.memory_growth, runtime.distribute
     )
     vocabulary, train_ids, validation_ids = load_prepared(paths.prepared)
     global_batch = batch_size * strategy.num_replicas_in_sync
@@ -137,9 +137,7 @@ def sample_texts(
     runtime: RuntimeParams,
 ) -> list[dict[str, Any]]:
     """Generate `num_chars` characters per temperature after one seed; write texts and metrics."""
-    configure_runtime(
-        runtime.seed, runtime.dtype_policy, runtime.memory_growth, runtime.distribute, recurrent=True
-    )
+    configure_runtime(runtime.seed, runtime.dtype_policy, runtime.memory_growth, runtime.distribute)
     vocabulary, train_ids, validation_ids = load_prepared(paths.prepared)
     seed_text = seed_text.lower() or corpus_seed(train_ids, vocabulary, maxlen, runtime.seed)
     vocabulary.encode(seed_text)  # fail on unknown characters before loading the model
