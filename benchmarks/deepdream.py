@@ -45,10 +45,12 @@ from benchmarks.harness import (
     REPO_ROOT,
     current_rss_bytes,
     environment,
+    executed_operations,
     float_ops,
     kernel_seconds,
     markdown_table,
     matmul_peak_flops,
+    operation_flops,
     peak_rss_bytes,
     run_in_child,
     timed,
@@ -374,31 +376,6 @@ def first_step_differences(max_size: int, policies: Sequence[str]) -> dict[str, 
 
 
 # --- In a child: what bounds a step (d.) ---------------------------------------------------------
-
-
-def executed_operations(concrete_function: Any) -> list[Any]:
-    """The ops of a traced function that its outputs depend on: TensorFlow prunes the rest before
-    running it. The tape's Conv2D gradient builds the filter gradient too; asking only for the
-    image's gradient leaves it unused, so it never runs (the op profile confirms it)."""
-    needed: set[str] = set()
-    pending = [tensor.op for tensor in concrete_function.outputs]
-    while pending:
-        operation = pending.pop()
-        if operation.name not in needed:
-            needed.add(operation.name)
-            pending += [tensor.op for tensor in operation.inputs] + list(operation.control_inputs)
-    return [operation for operation in concrete_function.graph.get_operations() if operation.name in needed]
-
-
-def operation_flops(operation: Any) -> int:
-    """One op's FLOPs as TensorFlow's profiler counts them (0 for ops it has no count for)."""
-    from tensorflow.python.framework import ops
-    from tensorflow.python.profiler.internal import flops_registry  # noqa: F401  registers the counts
-
-    try:
-        return int(ops.get_stats_for_node_def(operation.graph, operation.node_def, "flops").value or 0)
-    except ValueError:  # a shape the count needs is unknown; the profiler skips these too
-        return 0
 
 
 def step_flops(concrete_function: Any) -> dict[str, int]:

@@ -103,6 +103,31 @@ def float_ops(concrete_function: Any) -> int:
     return int(model_analyzer.profile(concrete_function.graph, options=options).total_float_ops)
 
 
+def executed_operations(concrete_function: Any) -> list[Any]:
+    """The ops of a traced function that its outputs depend on: what runs when it is called.
+    TensorFlow prunes the rest, such as the filter gradients `tape.gradient` builds beside the input
+    gradients when only d loss / d pixels is asked for (`float_ops` counts those too)."""
+    needed: set[str] = set()
+    pending = [tensor.op for tensor in concrete_function.outputs]
+    while pending:
+        operation = pending.pop()
+        if operation.name not in needed:
+            needed.add(operation.name)
+            pending += [tensor.op for tensor in operation.inputs] + list(operation.control_inputs)
+    return [operation for operation in concrete_function.graph.get_operations() if operation.name in needed]
+
+
+def operation_flops(operation: Any) -> int:
+    """One op's FLOPs as TensorFlow's profiler counts them (0 for ops it has no count for)."""
+    from tensorflow.python.framework import ops
+    from tensorflow.python.profiler.internal import flops_registry  # noqa: F401  registers the counts
+
+    try:
+        return int(ops.get_stats_for_node_def(operation.graph, operation.node_def, "flops").value or 0)
+    except ValueError:  # a shape the count needs is unknown; the profiler skips these too
+        return 0
+
+
 def matmul_peak_flops(dtype: str, size: int = 2048, repeats: int = 5) -> float:
     """This CPU's attainable rate for `dtype` ("float32" or "bfloat16"): FLOP/s of the best of
     `repeats` square matmuls of `size`, the densest work TensorFlow does. A step's FLOP/s over this

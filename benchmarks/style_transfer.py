@@ -45,10 +45,12 @@ from benchmarks.harness import (
     REPO_ROOT,
     current_rss_bytes,
     environment,
+    executed_operations,
     float_ops,
     kernel_seconds,
     markdown_table,
     matmul_peak_flops,
+    operation_flops,
     peak_rss_bytes,
     run_in_child,
     time_calls,
@@ -180,35 +182,10 @@ def apply_policy(policy: str, seed: int) -> str:
     return keras.mixed_precision.global_policy().compute_dtype
 
 
-def needed_operations(concrete_function: Any) -> list[Any]:
-    """The ops of a traced function that its outputs depend on: what runs when it is called.
-    TensorFlow prunes the rest, such as the filter gradients `tape.gradient` builds alongside the
-    input gradients although only d loss / d pixels is asked for."""
-    needed: set[str] = set()
-    pending = [tensor.op for tensor in concrete_function.outputs]
-    while pending:
-        operation = pending.pop()
-        if operation.name not in needed:
-            needed.add(operation.name)
-            pending += [tensor.op for tensor in operation.inputs] + list(operation.control_inputs)
-    return [operation for operation in concrete_function.graph.get_operations() if operation.name in needed]
-
-
-def operation_flops(operation: Any) -> int:
-    """One op's FLOPs as TensorFlow's profiler counts them (0 for ops it has no count for)."""
-    from tensorflow.python.framework import ops
-    from tensorflow.python.profiler.internal import flops_registry  # noqa: F401  registers the counts
-
-    try:
-        return ops.get_stats_for_node_def(operation.graph, operation.node_def, "flops").value or 0
-    except ValueError:  # a shape the count needs is unknown; the profiler skips these too
-        return 0
-
-
 def step_flops(concrete_function: Any) -> dict[str, int]:
     """FLOPs of one call: in the whole traced graph (`harness.float_ops`), in the ops that run,
     and in the convolutions among those."""
-    needed = needed_operations(concrete_function)
+    needed = executed_operations(concrete_function)
     return {
         "graph_flops": float_ops(concrete_function),
         "executed_flops": int(sum(operation_flops(operation) for operation in needed)),
@@ -234,7 +211,7 @@ def float32_checks(
     the image optimised and the targets (content features, style Grams) the step captures."""
     import tensorflow as tf
 
-    dtypes = operation_dtypes(needed_operations(concrete_function))
+    dtypes = operation_dtypes(executed_operations(concrete_function))
     captured = sorted(
         {tensor.dtype.name for tensor in concrete_function.captured_inputs if tensor.dtype != tf.resource}
     )
