@@ -50,6 +50,7 @@ from benchmarks.harness import (
     kernel_seconds,
     markdown_table,
     matmul_peak_flops,
+    operation_dtypes,
     operation_flops,
     peak_rss_bytes,
     run_in_child,
@@ -387,17 +388,6 @@ def step_flops(concrete_function: Any) -> dict[str, int]:
         "executed_flops": sum(operation_flops(operation) for operation in executed),
         "convolution_flops": sum(operation_flops(op) for op in executed if op.type.startswith("Conv2D")),
     }
-
-
-def operation_dtypes(operations: Sequence[Any]) -> dict[str, list[str]]:
-    """{op type: the dtypes its ops compute in}, for ops with a type attribute `T`."""
-    import tensorflow as tf
-
-    dtypes: dict[str, set[str]] = {}
-    for operation in operations:
-        if "T" in operation.node_def.attr and isinstance(dtype := operation.get_attr("T"), tf.DType):
-            dtypes.setdefault(operation.type, set()).add(dtype.name)
-    return {kind: sorted(names) for kind, names in sorted(dtypes.items())}
 
 
 def op_kind(kernel_type: str) -> str:

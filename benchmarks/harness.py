@@ -128,6 +128,17 @@ def operation_flops(operation: Any) -> int:
         return 0
 
 
+def operation_dtypes(operations: Sequence[Any]) -> dict[str, list[str]]:
+    """{op type: the dtypes its ops compute in}, for ops with a single type attribute `T`."""
+    import tensorflow as tf
+
+    dtypes: dict[str, set[str]] = {}
+    for operation in operations:
+        if "T" in operation.node_def.attr and isinstance(dtype := operation.get_attr("T"), tf.DType):
+            dtypes.setdefault(operation.type, set()).add(dtype.name)
+    return {kind: sorted(names) for kind, names in sorted(dtypes.items())}
+
+
 def matmul_peak_flops(dtype: str, size: int = 2048, repeats: int = 5) -> float:
     """This CPU's attainable rate for `dtype` ("float32" or "bfloat16"): FLOP/s of the best of
     `repeats` square matmuls of `size`, the densest work TensorFlow does. A step's FLOP/s over this
