@@ -52,6 +52,7 @@ from benchmarks.harness import (
     matmul_peak_flops,
     operation_dtypes,
     operation_flops,
+    parse_policies,
     peak_rss_bytes,
     run_in_child,
     timed,
@@ -1092,16 +1093,6 @@ def report(results: dict[str, Any]) -> str:
             ),
         ]
     )
-
-
-def parse_policies(text: str) -> list[str]:
-    policies = [policy.strip() for policy in text.split(",") if policy.strip()]
-    unknown = [policy for policy in policies if policy not in COMPUTE_DTYPES]
-    if not policies or unknown:
-        raise argparse.ArgumentTypeError(
-            f"--policies takes a comma-separated list of {', '.join(COMPUTE_DTYPES)}, got {text!r}"
-        )
-    return policies
 
 
 def main(argv: Sequence[str] | None = None) -> int:

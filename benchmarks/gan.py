@@ -50,6 +50,7 @@ from benchmarks.harness import (
     markdown_table,
     matmul_peak_flops,
     mib,
+    parse_policies,
     per_run,
     run_in_child,
     time_calls,
@@ -799,16 +800,6 @@ def report(results: dict[str, Any]) -> str:
             "\n".join(bound_sentences(training, summary)),
         ]
     )
-
-
-def parse_policies(text: str) -> list[str]:
-    policies = [policy.strip() for policy in text.split(",") if policy.strip()]
-    unknown = [policy for policy in policies if policy not in COMPUTE_DTYPES]
-    if not policies or unknown:
-        raise argparse.ArgumentTypeError(
-            f"--policies takes a comma-separated list of {', '.join(COMPUTE_DTYPES)}, got {text!r}"
-        )
-    return list(dict.fromkeys(policies))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ TensorFlow: a child's memory is what its own module imports.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib
 import importlib.metadata
@@ -218,6 +219,19 @@ def _child_main(argv: Sequence[str]) -> None:
     result = getattr(importlib.import_module(module), function)(**json.loads(kwargs_json))
     result["peak_rss_bytes"] = peak_rss_bytes()
     Path(result_path).write_text(json.dumps(result))
+
+
+DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")  # what --policies accepts
+
+
+def parse_policies(text: str, known: Sequence[str] = DTYPE_POLICIES, allow_none: bool = False) -> list[str]:
+    """--policies: comma-separated Keras dtype policies out of `known`, each once, in the order given."""
+    policies = list(dict.fromkeys(policy.strip() for policy in text.split(",") if policy.strip()))
+    if [policy for policy in policies if policy not in known] or not (policies or allow_none):
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(known)}, got {text!r}"
+        )
+    return policies
 
 
 # --- Results ----------------------------------------------------------------------------------

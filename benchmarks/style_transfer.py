@@ -52,6 +52,7 @@ from benchmarks.harness import (
     matmul_peak_flops,
     operation_dtypes,
     operation_flops,
+    parse_policies,
     peak_rss_bytes,
     run_in_child,
     time_calls,
@@ -84,7 +85,6 @@ RUNS = {
 REACH_TOLERANCE = 1e-4
 CHILD_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 POLICIES = ("float32", "mixed_bfloat16")  # --policies' default: float32 and what `auto` picks here
-KNOWN_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 # Under a mixed policy these ops of gendl's step must compute in float32: the Gram matrices
 # (MatMul), the squared differences and their sums, the style loss's normalisation (RealDiv) and
 # the total variation's power. The convolutions, biases and ReLUs may take the compute dtype.
@@ -1426,17 +1426,6 @@ def report(results: dict[str, Any]) -> str:
     )
 
 
-def policy_list(text: str) -> list[str]:
-    """--policies: comma-separated Keras dtype policies, each one of KNOWN_POLICIES."""
-    policies = [policy.strip() for policy in text.split(",") if policy.strip()]
-    unknown = [policy for policy in policies if policy not in KNOWN_POLICIES]
-    if not policies or unknown:
-        raise argparse.ArgumentTypeError(
-            f"expected a comma-separated list of {', '.join(KNOWN_POLICIES)}, got {text!r}"
-        )
-    return list(dict.fromkeys(policies))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.style_transfer", description=__doc__.splitlines()[0]
@@ -1444,7 +1433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a sanity run of about five minutes")
     parser.add_argument(
         "--policies",
-        type=policy_list,
+        type=parse_policies,
         default=list(POLICIES),
         help=f"Keras dtype policies to run gendl under (default: {','.join(POLICIES)})",
     )

@@ -45,6 +45,7 @@ from benchmarks.harness import (
     markdown_table,
     matmul_peak_flops,
     mib,
+    parse_policies,
     run_in_child,
     time_calls,
     timed,
@@ -103,19 +104,6 @@ QUICK = Scale(
     training_rounds=1,
     step_repeats=5,
 )
-
-
-def parse_policies(text: str) -> list[str]:
-    """Comma-separated Keras dtype policies, each named once, in the order given."""
-    policies = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-    if not policies:
-        raise argparse.ArgumentTypeError(f"expected policies such as {DEFAULT_POLICIES!r}, got {text!r}")
-    for name in policies:
-        try:
-            keras.mixed_precision.Policy(name)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from error
-    return policies
 
 
 def default_policy() -> str:

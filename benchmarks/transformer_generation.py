@@ -53,6 +53,7 @@ from benchmarks.harness import (
     markdown_table,
     matmul_peak_flops,
     mib,
+    parse_policies,
     run_in_child,
     time_calls,
     timed,
@@ -1429,14 +1430,6 @@ def report(results: dict[str, Any]) -> str:
     )
 
 
-def parse_policies(text: str) -> list[str]:
-    policies = [policy.strip() for policy in text.split(",") if policy.strip()]
-    unknown = [policy for policy in policies if policy not in POLICIES]
-    if not policies or unknown:
-        raise ValueError(f"--policies takes a comma-separated list of {', '.join(POLICIES)}, got {text!r}")
-    return policies
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.transformer_generation", description=__doc__.splitlines()[0]
@@ -1449,8 +1442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        policies = parse_policies(args.policies)
-    except ValueError as error:
+        policies = parse_policies(args.policies, POLICIES)
+    except argparse.ArgumentTypeError as error:
         parser.error(str(error))
     scale_name, scale = ("quick", QUICK) if args.quick else ("real", REAL)
     keras.mixed_precision.set_global_policy("float32")  # the book's side, as printed

@@ -40,6 +40,7 @@ from benchmarks.harness import (
     markdown_table,
     matmul_peak_flops,
     mib,
+    parse_policies,
     peak_rss_bytes,
     per_run,
     run_in_child,
@@ -780,29 +781,18 @@ def report(results: dict[str, Any]) -> str:
     )
 
 
-def policy_list(text: str) -> list[str]:
-    """--policies / --xla: comma-separated Keras dtype policies ("" for none)."""
-    policies = [policy.strip() for policy in text.split(",") if policy.strip()]
-    unknown = [policy for policy in policies if policy not in KERAS_POLICIES]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown dtype policy {', '.join(unknown)}; expected some of {', '.join(KERAS_POLICIES)}"
-        )
-    return policies
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.vae", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a sanity run on 6,000 images")
     parser.add_argument(
         "--policies",
-        type=policy_list,
+        type=lambda text: parse_policies(text, KERAS_POLICIES, allow_none=True),
         default=",".join(POLICIES),
         help="gendl's Keras dtype policies, comma-separated (default: %(default)s)",
     )
     parser.add_argument(
         "--xla",
-        type=policy_list,
+        type=lambda text: parse_policies(text, KERAS_POLICIES, allow_none=True),
         default=",".join(XLA_POLICIES),
         help="policies gendl also runs under with jit_compile=True; '' for none (default: %(default)s)",
     )
