@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.cli import REPO_ROOT, run_cli
+from flows.cli import REPO_ROOT, exit_without_teardown, run_cli
 from flows.registry import TECHNIQUES
 
 
@@ -26,4 +26,4 @@ def all_techniques(profile: str | None = None, root: Path = REPO_ROOT) -> dict[s
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(all_techniques))
+    exit_without_teardown(run_cli(all_techniques))

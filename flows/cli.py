@@ -4,11 +4,13 @@ run the flow, and end with where the results are and how to look at them."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
@@ -60,6 +62,19 @@ def run_cli(flow_function: Callable[..., Any], techniques: list[str] | None = No
         return 1
     print(next_steps(root, tracking_uri))
     return 0
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """End the process with `code` after what its exit must still do (Prefect's queued logs sent, its
+    ephemeral server stopped, MLflow's exit hooks) but without the interpreter's teardown, which
+    takes seconds with TensorFlow loaded (the flows load it to log models)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    threading._shutdown()  # what Python's exit does first: joins threads, runs Prefect's queue drains
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def patient_ephemeral_server() -> dict:

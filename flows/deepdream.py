@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows.cli import REPO_ROOT, run_cli
+from flows.cli import REPO_ROOT, exit_without_teardown, run_cli
 from flows.registry import TECHNIQUES
 from flows.technique_run import SweepPoint, image_per_point_flow
 from tasks.deepdream import log
@@ -28,4 +28,4 @@ def deepdream_flow(
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(deepdream_flow, ["deepdream"]))
+    exit_without_teardown(run_cli(deepdream_flow, ["deepdream"]))

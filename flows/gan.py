@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows.cli import REPO_ROOT, run_cli
+from flows.cli import REPO_ROOT, exit_without_teardown, run_cli
 from flows.registry import TECHNIQUES
 from flows.technique_run import SweepPoint, raise_if_failed, technique_run
 from tasks import grid
@@ -89,4 +89,4 @@ def gan_flow(
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(gan_flow, ["gan"]))
+    exit_without_teardown(run_cli(gan_flow, ["gan"]))

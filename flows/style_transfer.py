@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows.cli import REPO_ROOT, run_cli
+from flows.cli import REPO_ROOT, exit_without_teardown, run_cli
 from flows.registry import TECHNIQUES
 from flows.technique_run import SweepPoint, image_per_point_flow
 from tasks.style_transfer import log
@@ -30,4 +30,4 @@ def style_transfer_flow(
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(style_transfer_flow, ["style_transfer"]))
+    exit_without_teardown(run_cli(style_transfer_flow, ["style_transfer"]))

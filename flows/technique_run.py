@@ -66,6 +66,8 @@ class TechniqueRun:
         is a Prefect task with its retry policy. The flow logs a stage's outputs after this."""
         if through not in self.stages[len(self.stages_done) :]:
             raise ValueError(f"{through!r} is not one of the stages still to run: {self.stages}")
+        if f"{self.technique.name}_train" in self.stages:  # its model is logged after training
+            tracking.import_keras_in_background()
         for name in self.stages[len(self.stages_done) : self.stages.index(through) + 1]:
             task = run_stage.with_options(
                 name=f"dvc:{name}", retries=stage_retries(self.root, name), retry_delay_seconds=3

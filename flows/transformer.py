@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows.cli import REPO_ROOT, run_cli
+from flows.cli import REPO_ROOT, exit_without_teardown, run_cli
 from flows.registry import TECHNIQUES
 from flows.technique_run import SweepPoint, text_generator_flow
 from tasks.text.transformer import log
@@ -39,4 +39,4 @@ def transformer_flow(
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(transformer_flow, ["transformer"]))
+    exit_without_teardown(run_cli(transformer_flow, ["transformer"]))

@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows.cli import REPO_ROOT, run_cli
+from flows.cli import REPO_ROOT, exit_without_teardown, run_cli
 from flows.registry import TECHNIQUES
 from flows.technique_run import SweepPoint, raise_if_failed, technique_run
 from tasks import grid
@@ -92,4 +92,4 @@ def summarize(
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(vae_flow, ["vae"]))
+    exit_without_teardown(run_cli(vae_flow, ["vae"]))

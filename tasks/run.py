@@ -1,7 +1,9 @@
-"""`python -m tasks.run <module> <step> [--root DIR]`, the command of every DVC stage: runs
-`python -m <module> <step> ...` on the flow's step server when there is one (tasks/step_server.py:
-TensorFlow already imported), else in this process, which then ends without the interpreter's
-teardown (TensorFlow's takes seconds). Either way the output and the exit code are the step's.
+"""`python -m tasks.run <module> <args...>`, the command of every DVC stage (`python -m tasks.run
+tasks.text.char_lstm.steps train`) and of the flows' `dvc` commands (`python -m tasks.run dvc repro
+...`): runs `python -m <module> <args...>` on the flow's step server when there is one
+(tasks/step_server.py: TensorFlow and DVC already imported), else in this process, which then ends
+without the interpreter's teardown (TensorFlow's takes seconds). Either way the output and the exit
+code are the module's.
 """
 
 from __future__ import annotations

@@ -178,3 +178,34 @@ def test_a_step_whose_supervisor_dies_is_stopped_and_fails(server, stage_folder)
     while Path(f"/proc/{step}").exists() and "Z" not in Path(f"/proc/{step}/stat").read_text().split()[2]:
         assert time.monotonic() < deadline, "the step ran on without its supervisor"
         time.sleep(0.1)
+
+
+def test_a_dvc_command_on_the_server_does_what_python_m_dvc_does(server, stage_folder, tmp_path):
+    from tasks.pipeline import dvc_command
+
+    repo = tmp_path / "repo"
+    shutil.copytree(stage_folder / "tasks", repo / "tasks")
+    (repo / "dvc.yaml").write_text(
+        "stages:\n"
+        "  good: {cmd: echo made > out.txt, outs: [out.txt]}\n"
+        "  bad: {cmd: echo failing && exit 3, outs: [never.txt]}\n"
+    )
+    env = {**server["env"], "DVC_NO_ANALYTICS": "1"}
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, env=env, check=True)
+
+    def dvc(*args: str, on_server: bool) -> subprocess.CompletedProcess:
+        command = dvc_command(*args) if on_server else [sys.executable, "-m", "dvc", *args]
+        return subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+
+    good = dvc("repro", "--single-item", "good", on_server=True)
+    assert good.returncode == 0, good.stderr
+    assert "step server" not in good.stderr, "refused: DVC ran in its own process"
+    assert "Running stage 'good'" in good.stdout
+    assert (repo / "out.txt").read_text() == "made\n" and "good" in (repo / "dvc.lock").read_text()
+    again = dvc("repro", "--single-item", "good", on_server=True)
+    assert "didn't change, skipping" in again.stdout
+
+    bad = [dvc("repro", "--single-item", "bad", on_server=on_server) for on_server in (True, False)]
+    assert bad[0].returncode == bad[1].returncode != 0
+    assert "failing" in bad[0].stdout and "failed to reproduce 'bad'" in bad[0].stderr
