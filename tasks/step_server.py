@@ -88,7 +88,7 @@ def run_on_server(module: str, args: Sequence[str], env: Mapping[str, str] = os.
         "module": module,
         "args": list(args),
         "cwd": os.getcwd(),
-        "env": {key: value for key, value in env.items() if key != STEP_SERVER},
+        "env": dict(env),  # with STEP_SERVER: a `dvc repro` run here runs its stage's step here too
         "executable": sys.executable,
     }
     payload = json.dumps(request).encode()
