@@ -47,8 +47,9 @@ def gan_flow(
             metrics = point["metrics"]
             line = (
                 f"- `{point['label']}`: Frechet distance {metrics.get('frechet_distance', float('nan')):.1f}"
+                f" (epoch {metrics.get('kept_epoch', 0)})"
                 + (
-                    f" (moving average {metrics['ema_frechet_distance']:.1f})"
+                    f", moving average {metrics['ema_frechet_distance']:.1f} (epoch {metrics['ema_kept_epoch']})"
                     if "ema_frechet_distance" in metrics
                     else ""
                 )
@@ -72,6 +73,11 @@ def gan_flow(
                 )
                 + f", d_loss {metrics.get('d_loss', float('nan')):.3f}, g_loss {metrics.get('g_loss', float('nan')):.3f} "
                 f"after {metrics['epochs_completed']} epochs, {metrics['steps_per_second']:.1f} steps/s"
+                + (
+                    f"; stopped early after epoch {metrics['stopped_early_at_epoch']}"
+                    if metrics.get("stopped_early_at_epoch")
+                    else ""
+                )
             )
             if point["instability"]:
                 line += f" -- {point['instability']}"

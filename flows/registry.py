@@ -54,7 +54,7 @@ TECHNIQUES = {
             "flows.text:text_generation",
             # Validation loss depends on the context length and the windows scored, besides the data.
             ChampionRule(
-                "best_val_loss",
+                "kept_val_loss",
                 data_stages=("text_download", "text_prepare"),
                 data_params=("text.data.maxlen", "text.data.step"),
             ),
@@ -67,7 +67,7 @@ TECHNIQUES = {
             TransformerPaths,
             "flows.transformer:transformer_flow",
             # Validation loss depends on the documents and their vocabulary: the prepared data's hash.
-            ChampionRule("best_val_loss", data_stages=("transformer_download", "transformer_prepare")),
+            ChampionRule("kept_val_loss", data_stages=("transformer_download", "transformer_prepare")),
             shared_stages=("transformer_download", "transformer_prepare"),
         ),
         Technique(

@@ -17,7 +17,7 @@ from prefect import flow, task
 from flows.cli import REPO_ROOT, exit_without_teardown, run_cli
 from flows.registry import TECHNIQUES
 from flows.technique_run import SweepPoint, raise_if_failed, technique_run
-from tasks import grid
+from tasks import grid, tracking
 from tasks.vae import log
 from tasks.vae.params import VaePaths
 
@@ -76,8 +76,8 @@ def summarize(
         }
         line = (
             f"- `{point['label']}`: test loss {metrics['test_total_loss']:.2f} per image (reconstruction "
-            f"{metrics['test_reconstruction_loss']:.2f} + KL {metrics['test_kl_loss']:.2f}) after "
-            f"{metrics['epochs_completed']} epochs, {metrics['seconds_per_epoch']:.1f} s/epoch"
+            f"{metrics['test_reconstruction_loss']:.2f} + KL {metrics['test_kl_loss']:.2f}), "
+            f"{metrics['seconds_per_epoch']:.1f} s/epoch; {tracking.kept_model_line(metrics, 'val_total_loss')}"
         )
         if concepts:
             line += "; concept target share " + ", ".join(
@@ -85,8 +85,6 @@ def summarize(
                 for key, value in concepts.items()
                 if key.endswith("strength_1")
             )
-        if metrics["diverged_at_epoch"]:
-            line += f" -- DIVERGED (NaN) in epoch {metrics['diverged_at_epoch']}"
         lines.append(line)
     return "\n".join(lines)
 

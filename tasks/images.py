@@ -131,6 +131,27 @@ def labelled_grid(
     return np.asarray(canvas)
 
 
+AXIS_LABEL_MARGIN = 24  # pixels: room for one line of the largest label font (16)
+
+
+def with_axis_labels(image: np.ndarray, x_label: str, y_label: str = "") -> np.ndarray:
+    """(H + AXIS_LABEL_MARGIN, W [+ AXIS_LABEL_MARGIN], 3) uint8: `image` with `x_label` in a white
+    margin under it and, if given, `y_label` in one at its left, reading upwards as a plot's y label."""
+    height, width = image.shape[:2]
+    left = AXIS_LABEL_MARGIN if y_label else 0
+    canvas = Image.new("RGB", (left + width, height + AXIS_LABEL_MARGIN), "white")
+    canvas.paste(Image.fromarray(to_uint8(image)), (left, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((left + 2, height + 3), x_label, fill="black", font=_font_to_fit(draw, x_label, width))
+    if y_label:
+        # Written along a horizontal strip, then turned a quarter counter-clockwise: it starts at the bottom.
+        strip = Image.new("RGB", (height, AXIS_LABEL_MARGIN), "white")
+        strip_draw = ImageDraw.Draw(strip)
+        strip_draw.text((2, 3), y_label, fill="black", font=_font_to_fit(strip_draw, y_label, height))
+        canvas.paste(strip.rotate(90, expand=True), (0, 0))
+    return np.asarray(canvas)
+
+
 def _font_to_fit(draw: ImageDraw.ImageDraw, label: str, width: int) -> ImageFont.ImageFont:
     for size in (16, 14, 12, 10, 8):
         font = ImageFont.load_default(size=size)

@@ -60,6 +60,23 @@ class RuntimeParams(Params):
     distribute: Literal["auto", "mirrored", "default"]
 
 
+class BlowupParams(Params):
+    """A loss that blows up without turning NaN (the first edition's char-LSTM: 1.30 to 4.73 in a few
+    epochs): the training loss (smoothed over ~10 steps) above `factor` x its lowest so far for
+    `steps` steps in a row stops training."""
+
+    factor: float = pydantic.Field(gt=1.0, allow_inf_nan=False)
+    steps: int = pydantic.Field(ge=1)
+
+
+class EpochChoiceParams(Params):
+    """Which epoch's model a trained technique keeps (saves, samples from, registers), and early
+    stopping on the same validation metric; every trained technique's `train` section has these."""
+
+    keep: Literal["best", "last"]  # best: the epoch with the best validation metric; last: the book's
+    patience: int = pydantic.Field(ge=0)  # stop after this many epochs without a better metric; 0 = off
+
+
 def parse_yaml(text: str) -> Any:
     """YAML 1.2, as DVC reads params (PyYAML's 1.1 would turn `off` into False, `1e-6` into a string)."""
     return YAML(typ="safe", pure=True).load(text)

@@ -1,6 +1,6 @@
 """Keras training helpers the techniques that train a model share: a progress log that works in
-any log sink, the NaN guard that keeps the last good epoch, and saving a model so a reader never
-sees half a file."""
+any log sink, the guard that stops a loss gone NaN or blown up, the choice of the epoch whose model
+is kept (best or last) with early stopping, and saving a model so a reader never sees half a file."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 
 from tasks import storage
+from tasks.params import BlowupParams, EpochChoiceParams
 
 log = logging.getLogger(__name__)
 
@@ -22,16 +24,50 @@ def all_finite(logs: Mapping[str, float] | None) -> bool:
     return all(math.isfinite(float(value)) for value in (logs or {}).values())
 
 
-class NanGuard(keras.callbacks.Callback):
-    """Stops training at the first batch whose logged values are not finite, and after every epoch
-    whose values all are calls `save_epoch(epoch)` (1-based), so the last good epoch's model stays
-    on disk. `last_good_epoch` and `diverged_at_epoch` (1-based, 0 = none) say what happened."""
+class BlowupDetector:
+    """Watches the per-step training loss: `update` is True once the loss, smoothed over ~10 steps,
+    has stayed above `factor` x its lowest smoothed value so far for `steps` steps in a row. Keras
+    logs the epoch's running mean at each step; the step's own loss is recovered from it."""
 
-    def __init__(self, save_epoch: Callable[[int], None], initial_epoch: int = 0):
+    SMOOTHING = 0.1  # weight of the newest step in the moving average
+
+    def __init__(self, factor: float, steps: int, loss_key: str = "loss"):
+        self.factor, self.steps, self.loss_key = factor, steps, loss_key
+        self.lowest, self.smoothed, self.steps_above = math.inf, math.nan, 0
+        self._epoch_mean = 0.0
+
+    @property
+    def rising(self) -> bool:
+        return self.steps_above > 0
+
+    def update(self, batch: int, logs: Mapping[str, float]) -> bool:
+        mean = float(logs[self.loss_key])
+        loss = mean if batch == 0 else (batch + 1) * mean - batch * self._epoch_mean
+        self._epoch_mean = mean
+        if math.isnan(self.smoothed):
+            self.smoothed = loss
+        self.smoothed += self.SMOOTHING * (loss - self.smoothed)
+        self.lowest = min(self.lowest, self.smoothed)
+        self.steps_above = self.steps_above + 1 if self.smoothed > self.factor * self.lowest else 0
+        return self.steps_above >= self.steps
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stops training at the first batch whose logged values are not finite or, given a `blowup`
+    detector, once the loss has blown up; after every epoch that ended healthy (finite, and the
+    loss not on the rise) calls `save_epoch(epoch)` (1-based) when given. `last_good_epoch`,
+    `diverged_at_epoch` and `blown_up_at_epoch` (1-based, 0 = none) say what happened."""
+
+    def __init__(
+        self,
+        save_epoch: Callable[[int], None] | None = None,
+        initial_epoch: int = 0,
+        blowup: BlowupDetector | None = None,
+    ):
         super().__init__()
-        self.save_epoch = save_epoch
+        self.save_epoch, self.blowup = save_epoch, blowup
         self.last_good_epoch = initial_epoch
-        self.diverged_at_epoch = 0
+        self.diverged_at_epoch = self.blown_up_at_epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch + 1
@@ -40,14 +76,118 @@ class NanGuard(keras.callbacks.Callback):
         if not all_finite(logs):
             self.diverged_at_epoch = self.epoch
             self.model.stop_training = True
+        elif self.blowup and not self.blown_up_at_epoch and self.blowup.update(batch, logs):
+            self.blown_up_at_epoch = self.epoch
+            self.model.stop_training = True
+            log.warning(
+                "loss blew up in epoch %d: %s %.4g has stayed above %g x its lowest (%.4g) for %d steps; "
+                "training stopped",
+                self.epoch,
+                self.blowup.loss_key,
+                self.blowup.smoothed,
+                self.blowup.factor,
+                self.blowup.lowest,
+                self.blowup.steps,
+            )
 
     def on_epoch_end(self, epoch, logs=None):
         if self.diverged_at_epoch or not all_finite(logs):
             self.diverged_at_epoch = self.diverged_at_epoch or epoch + 1
             self.model.stop_training = True
             return
-        self.save_epoch(epoch + 1)
+        if self.blown_up_at_epoch or (self.blowup and self.blowup.rising):
+            return
+        if self.save_epoch:
+            self.save_epoch(epoch + 1)
         self.last_good_epoch = epoch + 1
+
+
+class KeptEpoch(keras.callbacks.Callback):
+    """Saves the model to keep (`save(epoch)`) after each epoch the guard found healthy: every such
+    epoch with keep "last", one that lowers `monitor` with keep "best". Place it after the guard.
+    `kept`, `best` and `final` are (epoch, value) pairs, (0, nan) before any."""
+
+    def __init__(self, save: Callable[[int], None], keep: str, monitor: str, guard: NanGuard):
+        super().__init__()
+        self.save, self.keep, self.monitor, self.guard = save, keep, monitor, guard
+        self.kept = self.best = self.final = (0, math.nan)
+        self.epochs_run = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs_run = epoch + 1
+        if self.guard.last_good_epoch != epoch + 1:
+            return
+        value = float(logs[self.monitor])
+        self.final = (epoch + 1, value)
+        if not value >= self.best[1]:  # also when best is still nan
+            self.best = self.final
+        if self.keep == "last" or self.best == self.final:
+            self.save(epoch + 1)
+            self.kept = self.final
+
+    def summary(self) -> dict[str, float]:
+        """The kept, best and final epochs and values of the monitored metric, for the metrics file."""
+        name = self.monitor
+        return {
+            "kept_epoch": self.kept[0],
+            f"kept_{name}": self.kept[1],
+            "best_epoch": self.best[0],
+            f"best_{name}": self.best[1],
+            "final_epoch": self.final[0],
+            f"final_{name}": self.final[1],
+        }
+
+    def reason(self) -> str:
+        """One line on which epoch is kept and why."""
+        kept_epoch, kept_value = self.kept
+        if not kept_epoch:
+            return "no epoch ended healthy: no model kept"
+        why = (
+            f"the lowest {self.monitor} ({kept_value:.4g})"
+            if self.keep == "best"
+            else f"the last healthy epoch ({self.monitor} {kept_value:.4g}; keep: last)"
+        )
+        final_epoch, final_value = self.final
+        after = f", final epoch {final_epoch}: {final_value:.4g}" if final_epoch != kept_epoch else ""
+        return f"keeping the model of epoch {kept_epoch}: {why}{after}"
+
+
+class EpochChoice(NamedTuple):
+    """The callbacks that guard training and choose the kept epoch (`callbacks`, in their order)."""
+
+    guard: NanGuard
+    kept: KeptEpoch
+    callbacks: list[keras.callbacks.Callback]
+
+    def outcome(self) -> dict[str, float]:
+        """How training ended and which epoch is kept, for the metrics file."""
+        early = [c for c in self.callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
+        return {
+            **self.kept.summary(),
+            "epochs_completed": self.guard.last_good_epoch,
+            "diverged": int(bool(self.guard.diverged_at_epoch)),
+            "diverged_at_epoch": self.guard.diverged_at_epoch,
+            "blown_up_at_epoch": self.guard.blown_up_at_epoch,
+            "stopped_early_at_epoch": early[0].stopped_epoch + 1 if early and early[0].stopped_epoch else 0,
+        }
+
+
+def epoch_choice(
+    save: Callable[[int], None],
+    choice: EpochChoiceParams,
+    blowup: BlowupParams | None,
+    monitor: str,
+    loss_key: str = "loss",
+) -> EpochChoice:
+    """The NaN and blow-up guard (on `loss_key`), the kept epoch (`choice.keep` by `monitor`, saved
+    with `save(epoch)`) and, with `choice.patience`, Keras's EarlyStopping on `monitor`."""
+    detector = BlowupDetector(blowup.factor, blowup.steps, loss_key) if blowup else None
+    guard = NanGuard(blowup=detector)
+    kept = KeptEpoch(save, choice.keep, monitor, guard)
+    callbacks: list[keras.callbacks.Callback] = [guard, kept]
+    if choice.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=choice.patience, mode="min"))
+    return EpochChoice(guard, kept, callbacks)
 
 
 class ProgressLog(keras.callbacks.Callback):
@@ -96,21 +236,28 @@ class ProgressLog(keras.callbacks.Callback):
         )
 
 
-def restore_last_good_epoch(
-    model: keras.Model, guard: NanGuard, checkpoint: Path, error: type[Exception], fix: str
+def restore_kept_epoch(
+    model: keras.Model, choice: EpochChoice, checkpoint: Path, error: type[Exception], fix: str
 ) -> None:
-    """After `fit`: if the loss turned NaN, load the last good epoch's weights from `checkpoint`
-    (where the guard's `save_epoch` saved them). With no good epoch at all, raise `error` naming `fix`."""
-    if not guard.diverged_at_epoch:
-        return
-    if not guard.last_good_epoch:
-        raise error(f"loss became NaN in epoch {guard.diverged_at_epoch}, before any epoch finished: {fix}")
-    log.warning(
-        "loss became NaN in epoch %d: stopped, keeping the model of epoch %d",
-        guard.diverged_at_epoch,
-        guard.last_good_epoch,
+    """After `fit`: log which epoch is kept and why, and load its weights from `checkpoint` (where
+    `choice.kept` saved them) when training went on past it. When no epoch ended healthy, raise
+    `error` naming `fix`."""
+    guard, kept = choice.guard, choice.kept
+    failure = (
+        f"loss became NaN in epoch {guard.diverged_at_epoch}"
+        if guard.diverged_at_epoch
+        else f"loss blew up in epoch {guard.blown_up_at_epoch}"
+        if guard.blown_up_at_epoch
+        else ""
     )
-    model.load_weights(checkpoint)
+    if not kept.kept[0]:
+        raise error(f"{failure or 'no epoch ended healthy'}, before any epoch was kept: {fix}")
+    if failure:
+        log.warning("%s: stopped; %s", failure, kept.reason())
+    else:
+        log.info("%s", kept.reason())
+    if kept.kept[0] != kept.epochs_run:
+        model.load_weights(checkpoint)
 
 
 def save_model_atomically(model: keras.Model, path: Path) -> None:

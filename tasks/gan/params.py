@@ -9,7 +9,7 @@ from typing import Literal
 import pydantic
 
 from tasks.image_data import ImageDataParams
-from tasks.params import Params, RuntimeParams, load_params, parse_section
+from tasks.params import EpochChoiceParams, Params, RuntimeParams, load_params, parse_section
 from tasks.steps import StepError
 
 TECHNIQUE = "gan"
@@ -38,7 +38,7 @@ class InstabilityParams(Params):
     action: Literal["warn", "stop"]
 
 
-class GanTrainParams(Params):
+class GanTrainParams(EpochChoiceParams):  # keep, patience: on each generator's Frechet distance
     epochs: int = pydantic.Field(ge=1)
     batch_size: int = pydantic.Field(ge=1)
     learning_rate: list[pydantic.PositiveFloat] = pydantic.Field(min_length=1)  # both Adams; grid axis

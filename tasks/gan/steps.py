@@ -79,6 +79,8 @@ class TrainingSettings:
     grid_images: int  # images from fixed latent vectors, every epoch
     instability: InstabilityParams  # when a collapse is called, and what then
     num_images: int  # generated and real images per Frechet distance
+    keep: str  # each generator's kept epoch: best = its lowest Frechet distance; last
+    patience: int  # stop after this many epochs without a lower Frechet distance; 0 = off
 
 
 class EpochRecords(keras.callbacks.Callback):
@@ -141,16 +143,64 @@ class EpochRecords(keras.callbacks.Callback):
             row["real_confident_share"] = self.confidence.real_share
             row["real_effective_classes"] = self.confidence.real_classes
         self.epoch_rows.append(row)
+        if logs is not None:  # the scores, for the callbacks after this one (EarlyStopping)
+            logs.update({key: value for key, value in row.items() if key != "epoch"})
         storage.write_rows(self.epochs_path, self.epoch_rows)
         storage.write_rows(self.steps_path, self.step_rows)
         log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
 
 
-def save_generators(gan: GAN, folder: Path) -> None:
-    """The generator (and its moving average) of the last good epoch, which train_grid keeps."""
-    save_model_atomically(gan.generator, folder / "generator.keras")
-    if gan.ema_generator is not None:
-        save_model_atomically(gan.ema_generator, folder / "ema_generator.keras")
+# What is scored per generator, raw and moving average ("ema_"): the kept epoch's values are the point's.
+GENERATOR_SCORES = ("frechet_distance", "confident_share", "effective_classes")
+
+
+def generators_of(gan: GAN) -> dict[str, keras.Model]:
+    """The generators a point keeps, by the prefix of their files and scores: "" raw, "ema_" average."""
+    return {"": gan.generator} | ({"ema_": gan.ema_generator} if gan.ema_generator is not None else {})
+
+
+def kept_epoch(rows: Sequence[dict[str, float]], keep: str, prefix: str = "") -> int:
+    """The epoch whose generator `prefix` is kept among the epoch rows so far: the last, or the one
+    with the lowest finite Frechet distance (the first of equals); 0 if there is none."""
+    key = f"{prefix}frechet_distance"
+    scored = [row for row in rows if math.isfinite(row.get(key, math.nan))]
+    if not scored:
+        return 0
+    return int(scored[-1]["epoch"] if keep == "last" else min(scored, key=lambda row: row[key])["epoch"])
+
+
+def save_generators(gan: GAN, folder: Path, rows: Sequence[dict[str, float]], keep: str) -> None:
+    """After a healthy epoch (the last of `rows`): each generator whose kept epoch it is."""
+    for prefix, generator in generators_of(gan).items():
+        if kept_epoch(rows, keep, prefix) == rows[-1]["epoch"]:
+            save_model_atomically(generator, folder / f"{prefix}generator.keras")
+
+
+def kept_scores(rows: Sequence[dict[str, float]], last_good_epoch: int, keep: str) -> dict[str, float]:
+    """The point's metrics: the last good epoch's losses and the real images' scores; each generator's
+    scores at its kept epoch, with that epoch, its best and its final Frechet distance."""
+    good = [row for row in rows if row["epoch"] <= last_good_epoch]
+    if not good:
+        return {}
+    final = good[-1]
+    metrics = {key: value for key, value in final.items() if key != "epoch"}
+    for prefix in ("", "ema_"):
+        if f"{prefix}frechet_distance" not in final:
+            continue
+        kept = next(row for row in good if row["epoch"] == kept_epoch(good, keep, prefix))
+        best = next(row for row in good if row["epoch"] == kept_epoch(good, "best", prefix))
+        metrics |= {
+            f"{prefix}{score}": kept[score_key]
+            for score in GENERATOR_SCORES
+            if (score_key := f"{prefix}{score}") in kept
+        }
+        metrics |= {
+            f"{prefix}kept_epoch": int(kept["epoch"]),  # rows read back from epochs.csv hold floats
+            f"{prefix}best_epoch": int(best["epoch"]),
+            f"best_{prefix}frechet_distance": best[f"{prefix}frechet_distance"],
+            f"final_{prefix}frechet_distance": final[f"{prefix}frechet_distance"],
+        }
+    return metrics
 
 
 def work_folder(root: Path, point: GridPoint, settings: dict[str, Any], data_path: Path) -> Path:
@@ -211,12 +261,13 @@ def train_point(
     )
 
     def save_epoch(epoch: int) -> None:  # after the epoch's records: a resume never skips a row
-        save_generators(gan, folder)
+        save_generators(gan, folder, records.epoch_rows, settings.keep)
         save_checkpoint(folder / CHECKPOINT, gan, epoch)
 
     nan_guard = NanGuard(save_epoch, initial_epoch)
     instability = settings.instability
     collapse_guard = CollapseGuard(instability.d_loss_below, instability.patience, instability.action)
+    stopping = early_stopping(settings, gan)
     global_batch = settings.batch_size * strategy.num_replicas_in_sync
     steps_per_epoch = math.ceil(len(train.images) / global_batch)
     started = time.perf_counter()
@@ -229,21 +280,34 @@ def train_point(
             records,
             nan_guard,
             collapse_guard,
+            *stopping,
             ProgressLog(epochs, steps_per_epoch, global_batch, loss_key="d_loss"),
         ],
         shuffle=False,
         verbose=0,
     )
     seconds = time.perf_counter() - started
-    last = records.epoch_rows[nan_guard.last_good_epoch - 1] if nan_guard.last_good_epoch else {}
+    last = nan_guard.last_good_epoch
     return {
-        "epochs_completed": nan_guard.last_good_epoch,
+        "epochs_completed": last,
         "diverged_at_epoch": nan_guard.diverged_at_epoch,
         "collapsed_at_epoch": collapse_guard.collapsed_at_epoch,
+        "stopped_early_at_epoch": stopping[0].stopped_epoch + 1
+        if stopping and stopping[0].stopped_epoch
+        else 0,
         "seconds": seconds,
         "steps_per_second": len(records.step_rows) / seconds if seconds else 0.0,
-        **{key: value for key, value in last.items() if key != "epoch"},
+        **kept_scores(records.epoch_rows, last, settings.keep),
     }
+
+
+def early_stopping(settings: TrainingSettings, gan: GAN) -> list[keras.callbacks.Callback]:
+    """Keras's EarlyStopping on the moving average's Frechet distance (the raw generator's without
+    one) when `settings.patience` is set. A resumed run starts counting anew."""
+    if not settings.patience:
+        return []
+    monitor = "ema_frechet_distance" if gan.ema_generator is not None else "frechet_distance"
+    return [keras.callbacks.EarlyStopping(monitor=monitor, patience=settings.patience, mode="min")]
 
 
 def failure_message(result: dict[str, Any], action: str) -> str:
@@ -334,10 +398,11 @@ def train_grid(
         shutil.copytree(
             folder, paths.training / name, ignore=shutil.ignore_patterns(CHECKPOINT, OWNER, "*.keras")
         )
-        for prefix, suffix in (("", ""), ("ema_", " (EMA)")):  # the last good epoch's samples
-            last_grid = folder / "grids" / f"{prefix}epoch_{metrics['epochs_completed']:03d}.png"
-            if metrics["epochs_completed"] and last_grid.is_file():
-                finals.append((label + suffix, images.read_image(last_grid)))
+        for prefix, suffix in (("", ""), ("ema_", " (EMA)")):  # the kept epochs' samples
+            kept = metrics.get(f"{prefix}kept_epoch", 0)
+            kept_grid = folder / "grids" / f"{prefix}epoch_{kept:03d}.png"
+            if kept and kept_grid.is_file():
+                finals.append((f"{label}{suffix}, epoch {kept}", images.read_image(kept_grid)))
         shutil.rmtree(folder)  # finished: nothing left to resume
     if finals:
         images.save_image(
@@ -362,6 +427,8 @@ def train(root: Path) -> None:
         grid_images=params.train.grid_images,
         instability=params.train.instability,
         num_images=params.score.num_images,
+        keep=params.train.keep,
+        patience=params.train.patience,
     )
     train_grid(
         storage.under(root, GanPaths()),

@@ -5,6 +5,7 @@ and the samples generated after each epoch (entropy per temperature, a table, a 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
@@ -16,14 +17,21 @@ from tasks.storage import read_history
 def log_history_and_epoch_samples(
     run_id: str, history: Path, train_metrics: Path, epoch_samples: Path
 ) -> dict[str, float]:
-    """The per-epoch history, the training summary as `train.*` metrics, and the epoch samples."""
+    """The per-epoch history, the training summary as `train.*` metrics (the kept, best and final
+    epoch's), the kept model's epoch and why as tag `train.kept_model`, and the epoch samples."""
     tracking.log_metric_rows(run_id, read_history(history), step_key="epoch")
     metrics = json.loads(train_metrics.read_text())
     tracking.log_metrics(run_id, {f"train.{key}": value for key, value in metrics.items()})
+    tracking.set_tags(run_id, {"train.kept_model": tracking.kept_model_line(metrics, monitored_loss(metrics))})
     records = json.loads(epoch_samples.read_text(encoding="utf-8"))
     if records:
         log_epoch_samples(run_id, records)
     return metrics
+
+
+def monitored_loss(train_metrics: Mapping[str, float]) -> str:
+    """The loss the kept epoch was chosen by: the validation loss, or the training loss without one."""
+    return "val_loss" if "kept_val_loss" in train_metrics else "loss"
 
 
 def log_epoch_samples(run_id: str, epoch_samples: list[dict]) -> None:

@@ -1,11 +1,13 @@
 """The latent space of a trained VAE: encoding and decoding a batch at a time, the plane a latent
 grid and scatter show (the latent plane itself, or the test means' principal directions), the
-book's grid of decoded images, interpolation, and concept vectors (the book's smile vector: the
-mean latent difference between two groups of images)."""
+book's grid of decoded images over where the test means are (or the Keras blog's normal quantiles,
+or the book's fixed square), interpolation, and concept vectors (the book's smile vector: the mean
+latent difference between two groups of images)."""
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,13 @@ import keras
 import numpy as np
 
 from tasks.image_batches import image_dataset
-from tasks.images import mosaic
+from tasks.images import mosaic, with_axis_labels
+from tasks.vae.params import GridSpan
+
+# The `data` grid leaves out the test means beyond the 1% and 99% quantiles of each axis: a few
+# outliers would otherwise stretch it over mostly empty latent space.
+DATA_QUANTILE = 0.01
+NORMAL_PROBABILITIES = (0.05, 0.95)  # the Keras blog's grid: the prior's quantiles, tails cut off
 
 
 def encode(encoder: keras.Model, pixels: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -70,18 +78,62 @@ def latent_axes(z_means: np.ndarray, principal: bool = False) -> LatentAxes:
     )
 
 
-def grid_latents(axes: LatentAxes, grid_size: int, scale: float) -> np.ndarray:
-    """(rows * columns, latent_dim) points, row-major, top row first: the book's grid_x / grid_y[::-1]."""
-    steps = np.linspace(-scale, scale, grid_size)
+def grid_steps(span: GridSpan, coordinates: np.ndarray, grid_size: int, scale: float) -> np.ndarray:
+    """(grid_size,) ascending coordinates of the grid along one axis of the plane.
+
+    Args:
+        span: `data`: evenly spaced quantiles of `coordinates` (the test means' coordinates along
+            the axis), from DATA_QUANTILE to 1 - DATA_QUANTILE, so the grid covers the classes the
+            scatter shows; `normal`: `scale` x the standard normal's quantiles at evenly spaced
+            probabilities in NORMAL_PROBABILITIES (the Keras blog's grid); `fixed`: evenly spaced
+            from -scale to scale (the book's).
+        coordinates: (n,) the test means along the axis; read by `data` only.
+        grid_size: number of steps.
+        scale: the half-width (`fixed`) or the quantiles' multiplier (`normal`); unused by `data`.
+    """
+    if span == "data":
+        return np.quantile(coordinates, np.linspace(DATA_QUANTILE, 1.0 - DATA_QUANTILE, grid_size))
+    if span == "normal":
+        normal = statistics.NormalDist()
+        probabilities = np.linspace(*NORMAL_PROBABILITIES, grid_size)
+        return scale * np.array([normal.inv_cdf(probability) for probability in probabilities])
+    if span == "fixed":
+        return np.linspace(-scale, scale, grid_size)
+    raise ValueError(f"grid span must be data, normal or fixed, got {span!r}")
+
+
+def axes_steps(
+    axes: LatentAxes, z_means: np.ndarray, span: GridSpan, grid_size: int, scale: float
+) -> list[np.ndarray]:
+    """The grid's steps along each axis of the plane (see `grid_steps`), for the test means `z_means`."""
+    return [grid_steps(span, along, grid_size, scale) for along in axes.coordinates(z_means).T]
+
+
+def grid_latents(axes: LatentAxes, steps: Sequence[np.ndarray]) -> np.ndarray:
+    """(rows * columns, latent_dim) points, row-major, top row first: columns over steps[0], rows
+    over steps[1] from the largest down (the book's grid_x / grid_y[::-1]); one row for one axis."""
+    assert len(steps) == len(axes.axes), "one array of steps per axis"
     if len(axes.axes) == 1:
-        return axes.center + steps[:, None] * axes.axes[0]
-    return np.asarray([axes.center + x * axes.axes[0] + y * axes.axes[1] for y in steps[::-1] for x in steps])
+        return axes.center + np.asarray(steps[0])[:, None] * axes.axes[0]
+    x_steps, y_steps = steps
+    return np.asarray(
+        [axes.center + x * axes.axes[0] + y * axes.axes[1] for y in y_steps[::-1] for x in x_steps]
+    )
 
 
-def latent_grid(decoder: keras.Model, axes: LatentAxes, grid_size: int, scale: float) -> np.ndarray:
-    """The book's figure: images decoded from a grid_size x grid_size grid over the latent plane."""
-    latents = grid_latents(axes, grid_size, scale)
-    return mosaic(decode(decoder, latents), columns=grid_size)
+def latent_grid(decoder: keras.Model, axes: LatentAxes, steps: Sequence[np.ndarray]) -> np.ndarray:
+    """The book's figure: images decoded from the grid over the latent plane, unlabelled."""
+    return mosaic(decode(decoder, grid_latents(axes, steps)), columns=len(steps[0]))
+
+
+def axis_range_labels(names: Sequence[str], steps: Sequence[np.ndarray]) -> list[str]:
+    """What each axis of the grid spans, e.g. "z[0]: -2.91 ... 1.87", one label per axis."""
+    return [f"{name}: {axis_steps[0]:.2f} ... {axis_steps[-1]:.2f}" for name, axis_steps in zip(names, steps)]
+
+
+def labelled_latent_grid(grid: np.ndarray, names: Sequence[str], steps: Sequence[np.ndarray]) -> np.ndarray:
+    """The latent grid with the range of its first axis under it and of its second at its left."""
+    return with_axis_labels(grid, *axis_range_labels(names, steps))
 
 
 def class_examples(labels: np.ndarray, count: int) -> np.ndarray:

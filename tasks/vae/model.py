@@ -13,6 +13,7 @@ Departures from the book, on purpose:
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -25,12 +26,14 @@ from keras import layers, ops
 
 from tasks.image_batches import image_dataset
 from tasks.image_data import Split
-from tasks.params import RuntimeParams
+from tasks.params import BlowupParams, EpochChoiceParams, RuntimeParams
 from tasks.runtime import configure_runtime
 from tasks.storage import read_history
-from tasks.training import NanGuard, ProgressLog, save_model_atomically
+from tasks.training import ProgressLog, epoch_choice, save_model_atomically
 
 LOSS_TERMS = ("total_loss", "reconstruction_loss", "kl_loss")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -150,11 +153,14 @@ def train_point(
     model_folder: Path,
     history_path: Path,
     runtime: RuntimeParams,
+    choice: EpochChoiceParams,
+    blowup: BlowupParams,
 ) -> dict[str, Any]:
     """Train one VAE of the grid; its models go to `model_folder`, its losses per epoch to a CSV.
 
-    A NaN/inf loss stops training at that batch; the encoder and decoder of the last epoch whose
-    losses were finite stay in `model_folder`, and the metrics are that epoch's.
+    The encoder and decoder kept in `model_folder` are those of the epoch `choice.keep` names (the
+    lowest test loss, or the last); a NaN/inf or blown-up loss stops training, and only an epoch
+    that ended healthy can be kept. The metrics are the kept epoch's.
     """
     keras.backend.clear_session()  # each point starts from the same seed and an empty graph
     strategy = configure_runtime(
@@ -175,7 +181,7 @@ def train_point(
         save_model_atomically(vae.encoder, model_folder / "encoder.keras")
         save_model_atomically(vae.decoder, model_folder / "decoder.keras")
 
-    guard = NanGuard(save_epoch)
+    chosen = epoch_choice(save_epoch, choice, blowup, monitor="val_total_loss", loss_key="total_loss")
     history_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     vae.fit(
@@ -183,7 +189,7 @@ def train_point(
         validation_data=image_dataset(test.images, global_batch, shuffle=False),
         epochs=epochs,
         callbacks=[
-            guard,
+            *chosen.callbacks,
             keras.callbacks.CSVLogger(str(history_path)),
             ProgressLog(
                 epochs, math.ceil(len(train.images) / global_batch), global_batch, loss_key="total_loss"
@@ -194,12 +200,13 @@ def train_point(
     )
     seconds = time.perf_counter() - started
     rows = read_history(history_path)
-    good = rows[guard.last_good_epoch - 1] if guard.last_good_epoch else {}
+    outcome = chosen.outcome()
+    log.info("%s", chosen.kept.reason())
+    kept = rows[outcome["kept_epoch"] - 1] if outcome["kept_epoch"] else {}
     return {
-        "epochs_completed": guard.last_good_epoch,
-        "diverged_at_epoch": guard.diverged_at_epoch,
+        **outcome,
         "seconds": seconds,
         "seconds_per_epoch": seconds / max(1, len(rows)),
-        **{f"train_{term}": good.get(term, math.nan) for term in LOSS_TERMS},
-        **{f"test_{term}": good.get(f"val_{term}", math.nan) for term in LOSS_TERMS},
+        **{f"train_{term}": kept.get(term, math.nan) for term in LOSS_TERMS},
+        **{f"test_{term}": kept.get(f"val_{term}", math.nan) for term in LOSS_TERMS},
     }

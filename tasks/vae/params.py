@@ -16,12 +16,14 @@ import pydantic
 import pydantic_core
 
 from tasks.image_data import CLASS_NAMES, ImageDataParams
-from tasks.params import Params, RuntimeParams, load_params, parse_section
+from tasks.params import BlowupParams, EpochChoiceParams, Params, RuntimeParams, load_params, parse_section
 
 # YAML reads `source: 4` as a number; class names are strings ("4" is an MNIST digit's name).
 ClassName = Annotated[
     str, pydantic.BeforeValidator(lambda value: str(value) if isinstance(value, int) else value)
 ]
+# Where the latent grid's steps lie along each axis (tasks/vae/latent.py grid_steps).
+GridSpan = Literal["data", "normal", "fixed"]
 
 
 class VaeDataParams(ImageDataParams):
@@ -33,11 +35,12 @@ class VaeModelParams(Params):
     latent_dim: list[pydantic.PositiveInt] = pydantic.Field(min_length=1)  # one grid axis
 
 
-class VaeTrainParams(Params):
+class VaeTrainParams(EpochChoiceParams):  # keep, patience: on the test loss
     beta: list[pydantic.NonNegativeFloat] = pydantic.Field(min_length=1)  # KL weight; one grid axis
     epochs: int = pydantic.Field(ge=1)
     batch_size: int = pydantic.Field(ge=1)
     learning_rate: float = pydantic.Field(gt=0.0, allow_inf_nan=False)
+    blowup: BlowupParams
 
 
 class ConceptParams(Params):
@@ -54,7 +57,8 @@ class ConceptParams(Params):
 class VaeSampleParams(Params):
     grid_size: int = pydantic.Field(ge=2)  # the book's 30 x 30
     grid_axes: Literal["latent", "principal"]  # latent: the book's plane (latent_dim <= 2)
-    grid_scale: float = pydantic.Field(gt=0.0, allow_inf_nan=False)  # half-width of the grid
+    grid_span: GridSpan  # data: the test means' quantiles; normal: the Keras blog's; fixed: the book's
+    grid_scale: float = pydantic.Field(gt=0.0, allow_inf_nan=False)  # fixed: half-width; normal: multiplier
     num_reconstructions: int = pydantic.Field(ge=1)
     interpolation_steps: int = pydantic.Field(ge=2)
     concepts: list[ConceptParams]

@@ -1,7 +1,7 @@
 """The VAE's train and sample steps, as dvc.yaml runs them from the repo root:
 
-    python -m tasks.vae.steps train    # one VAE per grid point (latent_dim x beta)
-    python -m tasks.vae.steps sample   # each point's latent space as images, and a comparison
+python -m tasks.vae.steps train    # one VAE per grid point (latent_dim x beta)
+python -m tasks.vae.steps sample   # each point's latent space as images, and a comparison
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ import numpy as np
 from tasks import grid, images, storage
 from tasks.image_data import Split, load_split, read_summary
 from tasks.images import mosaic
-from tasks.params import RuntimeParams
+from tasks.params import BlowupParams, EpochChoiceParams, RuntimeParams
 from tasks.steps import StepError, run_steps
 from tasks.vae.latent import (
+    axes_steps,
     class_examples,
     concept_vector,
     decode,
     encode,
     interpolate,
+    labelled_latent_grid,
     latent_axes,
     latent_grid,
     nearest_mean_share,
@@ -53,6 +55,8 @@ def train(root: Path) -> list[dict[str, Any]]:
         batch_size=params.train.batch_size,
         learning_rate=params.train.learning_rate,
         runtime=runtime,
+        choice=params.train,
+        blowup=params.train.blowup,
     )
 
 
@@ -70,9 +74,12 @@ def train_grid(
     batch_size: int,
     learning_rate: float,
     runtime: RuntimeParams,
+    choice: EpochChoiceParams,
+    blowup: BlowupParams,
 ) -> list[dict[str, Any]]:
-    """Train one VAE per grid point (latent_dim x beta); writes models, losses and the points'
-    records, whose `failure` says why a point failed ("" if it did not)."""
+    """Train one VAE per grid point (latent_dim x beta), each keeping the epoch `choice` names;
+    writes models, losses and the points' records, whose `failure` says why a point failed ("" if
+    it did not)."""
     train_split, test_split = load_split(paths.data / "train.npz"), load_split(paths.data / "test.npz")
     points = grid.expand(GridPoint, latent_dim=latent_dims, beta=betas)
     varying = grid.varying_fields(points)
@@ -101,8 +108,14 @@ def train_grid(
             paths.models / name,
             paths.training / f"{name}.csv",
             runtime,
+            choice,
+            blowup,
         )
-        failure = diverged_message(label, metrics) if metrics["diverged_at_epoch"] else ""
+        failure = (
+            diverged_message(label, metrics)
+            if metrics["diverged_at_epoch"] or metrics["blown_up_at_epoch"]
+            else ""
+        )
         if failure:
             log.warning(failure)
         records.append(grid.record(index, point, varying, metrics, failure))
@@ -113,14 +126,16 @@ def train_grid(
 
 def diverged_message(label: str, metrics: dict[str, Any]) -> str:
     kept = (
-        f"kept the models of epoch {metrics['epochs_completed']}"
-        if metrics["epochs_completed"]
-        else "no epoch finished, so no model was kept"
+        f"kept the models of epoch {metrics['kept_epoch']}"
+        if metrics["kept_epoch"]
+        else "no epoch finished healthy, so no model was kept"
     )
-    return (
-        f"{label}: loss became NaN in epoch {metrics['diverged_at_epoch']}; {kept} "
-        "(lower vae.train.learning_rate)"
+    what = (
+        f"loss became NaN in epoch {metrics['diverged_at_epoch']}"
+        if metrics["diverged_at_epoch"]
+        else f"loss blew up in epoch {metrics['blown_up_at_epoch']}"
     )
+    return f"{label}: {what}; {kept} (lower vae.train.learning_rate)"
 
 
 def sample_points(paths: VaePaths, params: VaeSampleParams, seed: int) -> list[dict[str, Any]]:
@@ -175,11 +190,14 @@ def sample_point(
     label: str,
     outputs: Path,
 ) -> dict[str, float]:
-    """The images one trained VAE is judged by; returns the concept-vector metrics."""
+    """The images one trained VAE is judged by; returns the latent grid's range along each axis
+    and the concept-vector metrics."""
     test_means = encode(encoder, test.images)
     axes = latent_axes(test_means, principal=params.grid_axes == "principal")
+    steps = axes_steps(axes, test_means, params.grid_span, params.grid_size, params.grid_scale)
     images.save_image(
-        latent_grid(decoder, axes, params.grid_size, params.grid_scale), outputs / "latent_grid.png"
+        labelled_latent_grid(latent_grid(decoder, axes, steps), axes.names, steps),
+        outputs / "latent_grid.png",
     )
     title = f"{label}: latent means of the test set"
     scatter_plot(
@@ -198,7 +216,7 @@ def sample_point(
     strip = np.concatenate([test.images[[first]] / 255.0, between, test.images[[second]] / 255.0])
     images.save_image(mosaic(strip, columns=len(strip)), outputs / "interpolation.png")
 
-    metrics: dict[str, float] = {}
+    metrics = grid_range_metrics(steps)
     if params.concepts:
         train_means = encode(encoder, train.images)
     for index, concept in enumerate(params.concepts):
@@ -232,6 +250,15 @@ def sample_point(
         images.save_image(mosaic(columns, columns=len(rows)), outputs / f"concept_{index:02d}.png")
         metrics[f"concept_{index:02d}/vector_norm"] = float(np.linalg.norm(vector))
     return metrics
+
+
+def grid_range_metrics(steps: Sequence[np.ndarray]) -> dict[str, float]:
+    """The latent grid's first and last step along each axis: grid/axis_0_low, grid/axis_0_high..."""
+    return {
+        f"grid/axis_{axis}_{end}": float(axis_steps[index])
+        for axis, axis_steps in enumerate(steps)
+        for end, index in (("low", 0), ("high", -1))
+    }
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def test_first_run_sets_the_champion_and_tags_the_decision_on_run_and_version(st
     version = mlflow.MlflowClient().get_model_version(decision.registered_model, "1")
     assert version.run_id == run_id
     assert version.tags["champion.outcome"] == "promoted"
-    assert version.tags["gendl.metric"] == "best_val_loss"
+    assert version.tags["gendl.metric"] == "kept_val_loss"
     assert version.tags["data.data/text/corpus.txt.md5"] == "c0"
     assert version.tags["params.text.data.maxlen"] == "10"
 

@@ -68,6 +68,9 @@ def test_parent_run_has_params_epoch_losses_samples_and_a_loadable_model(flow_ru
         assert all(np.isfinite(metric.value) for metric in history)
     losses = [m.value for m in client.get_metric_history(parent.info.run_id, "val_loss")]
     assert parent.data.metrics["train.best_val_loss"] == pytest.approx(min(losses))
+    kept = int(parent.data.metrics["train.kept_epoch"])  # keep: best, the default
+    assert kept == 1 + losses.index(min(losses)) and parent.data.metrics["train.final_epoch"] == 2
+    assert parent.data.tags["train.kept_model"].startswith(f"kept the model of epoch {kept}")
     artifacts = {artifact.path for artifact in client.list_artifacts(parent.info.run_id)}
     assert {"epoch_samples.json", "epoch_samples"} <= artifacts
     epoch_files = [a.path for a in client.list_artifacts(parent.info.run_id, "epoch_samples")]

@@ -16,6 +16,7 @@ from PIL import Image
 
 from flows.vae import vae_flow
 from tasks.grid import TrainingFailed
+from tasks.images import AXIS_LABEL_MARGIN
 from tasks.pipeline import StageFailed
 from tests.flows.conftest import (
     children_of,
@@ -89,7 +90,8 @@ def test_one_child_run_per_grid_point_with_losses_per_epoch_and_sample_images(fl
         assert artifacts == SAMPLE_IMAGES
         grid_size = params["sample"]["grid_size"]
         with Image.open(client.download_artifacts(child.info.run_id, "samples/latent_grid.png")) as grid:
-            assert grid.size == (grid_size * 28, grid_size * 28)
+            # The grid, with the ranges of its two axes in margins under it and at its left.
+            assert grid.size == (AXIS_LABEL_MARGIN + grid_size * 28, grid_size * 28 + AXIS_LABEL_MARGIN)
         shares = client.get_metric_history(child.info.run_id, "concept_00/target_share")
         assert sorted(m.step for m in shares) == [
             round(100 * s) for s in params["sample"]["concept_strengths"]

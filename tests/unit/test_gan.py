@@ -93,7 +93,10 @@ POINT = GridPoint(learning_rate=1e-3, label_noise=0.05, dropout=0.2)
 # --- Helpers and shared fixtures ------------------------------------------------------------------
 
 
-def tiny_settings(epochs: int = 2, ema_decay: float = 0.0, num_images: int = 32) -> TrainingSettings:
+def tiny_settings(
+    epochs: int = 2, ema_decay: float = 0.0, num_images: int = 32, keep: str = "last", patience: int = 0
+) -> TrainingSettings:
+    """keep "last" (the book's) unless a test says otherwise: the point's metrics are the last epoch's."""
     return TrainingSettings(
         latent_dim=LATENT_DIM,
         width=WIDTH,
@@ -105,6 +108,8 @@ def tiny_settings(epochs: int = 2, ema_decay: float = 0.0, num_images: int = 32)
         grid_images=16,
         instability=InstabilityParams(d_loss_below=0.05, patience=3, action="warn"),
         num_images=num_images,
+        keep=keep,
+        patience=patience,
     )
 
 
@@ -855,7 +860,13 @@ class Guard:
     epoch) and collapse, on one model, in train_point's order."""
 
     def __init__(self, folder: Path, model, d_loss_below: float, patience: int, action: str):
-        self.nan = NanGuard(lambda epoch: save_generators(model, folder))
+        rows = []  # every epoch scored alike: with keep "last" each healthy epoch's generators are saved
+
+        def save_epoch(epoch: int) -> None:
+            rows.append({"epoch": epoch, "frechet_distance": 1.0, "ema_frechet_distance": 1.0})
+            save_generators(model, folder, rows, "last")
+
+        self.nan = NanGuard(save_epoch)
         self.collapse = CollapseGuard(d_loss_below, patience, action)
         self.model = model
         for callback in (self.nan, self.collapse):
@@ -1649,9 +1660,12 @@ def test_train_grid_writes_models_records_and_metrics_per_point(grid_run):
             assert row["real_confident_share"] == grid_run["judges"][0].real_share
             assert row["real_effective_classes"] == grid_run["judges"][0].real_classes
         assert metrics["confident_share"] == epochs[-1]["confident_share"]
-    # The comparison: each point's last grid and its moving average's, labelled.
+    # The comparison: each point's kept grid and its moving average's (keep: last), labelled with the epoch.
     finals = [
-        (result["label"] + suffix, images.read_image(paths.training / result["name"] / "grids" / grid))
+        (
+            f"{result['label']}{suffix}, epoch 2",
+            images.read_image(paths.training / result["name"] / "grids" / grid),
+        )
         for result in results
         for grid, suffix in (("epoch_002.png", ""), ("ema_epoch_002.png", " (EMA)"))
     ]
@@ -1752,3 +1766,80 @@ def test_a_second_train_grid_replaces_the_outputs_of_the_first(grid_run, tmp_pat
     first = json.loads(source.train_metrics.read_text())["point_00"]
     assert result["metrics"]["frechet_distance"] == pytest.approx(first["frechet_distance"], rel=1e-3)
     assert result["metrics"]["d_loss"] == pytest.approx(first["d_loss"], rel=1e-3)
+
+
+# --- The kept epoch and early stopping -----------------------------------------------------------
+
+ROWS = [
+    {
+        "epoch": 1,
+        "frechet_distance": 30.0,
+        "ema_frechet_distance": 40.0,
+        "confident_share": 0.1,
+        "d_loss": 0.7,
+    },
+    {
+        "epoch": 2,
+        "frechet_distance": 20.0,
+        "ema_frechet_distance": 35.0,
+        "confident_share": 0.3,
+        "d_loss": 0.6,
+    },
+    {
+        "epoch": 3,
+        "frechet_distance": 25.0,
+        "ema_frechet_distance": 30.0,
+        "confident_share": 0.2,
+        "d_loss": 0.5,
+    },
+]
+
+
+def test_each_generator_keeps_its_own_best_epoch_or_the_last():
+    assert [gan_steps.kept_epoch(ROWS[:n], "best") for n in (1, 2, 3)] == [1, 2, 2]
+    assert [gan_steps.kept_epoch(ROWS[:n], "best", "ema_") for n in (1, 2, 3)] == [1, 2, 3]
+    assert gan_steps.kept_epoch(ROWS, "last") == 3
+    assert gan_steps.kept_epoch([{"epoch": 1, "d_loss": math.nan}], "best") == 0  # nothing scored
+
+    metrics = gan_steps.kept_scores(ROWS, last_good_epoch=3, keep="best")
+
+    assert (metrics["kept_epoch"], metrics["frechet_distance"], metrics["confident_share"]) == (2, 20.0, 0.3)
+    assert (metrics["ema_kept_epoch"], metrics["ema_frechet_distance"]) == (3, 30.0)
+    assert (metrics["best_frechet_distance"], metrics["final_frechet_distance"]) == (20.0, 25.0)
+    assert metrics["d_loss"] == 0.5, "the losses are the last good epoch's"
+    last = gan_steps.kept_scores(ROWS, last_good_epoch=2, keep="last")  # epoch 3 diverged
+    assert (last["kept_epoch"], last["frechet_distance"], last["final_frechet_distance"]) == (2, 20.0, 20.0)
+
+
+def test_the_kept_generator_is_the_one_of_its_best_epoch(tmp_path, tiny_data, extractor):
+    settings = tiny_settings(epochs=3, ema_decay=0.9, keep="best")
+
+    metrics = train_point(POINT, *tiny_data, settings, extractor, tmp_path, RUNTIME)
+
+    epochs = read_csv(tmp_path / "epochs.csv")
+    for prefix in ("", "ema_"):
+        scores = [row[f"{prefix}frechet_distance"] for row in epochs]
+        kept = metrics[f"{prefix}kept_epoch"]
+        assert kept == 1 + scores.index(min(scores)) and metrics[f"{prefix}frechet_distance"] == min(scores)
+        assert metrics[f"final_{prefix}frechet_distance"] == scores[-1]
+        # The saved generator draws, from the fixed latents, the grid recorded at its kept epoch.
+        generator = keras.models.load_model(tmp_path / f"{prefix}generator.keras")
+        latents = fixed_latents(settings.grid_images, LATENT_DIM, RUNTIME.seed)
+        drawn = images.to_uint8(images.mosaic(generate(generator, latents))).astype(int)
+        for epoch in range(1, 4):
+            recorded = images.read_image(tmp_path / "grids" / f"{prefix}epoch_{epoch:03d}.png")
+            same = np.abs(drawn - recorded[..., : drawn.shape[-1]].astype(int)).max() <= 1
+            assert same == (epoch == kept), f"{prefix}generator vs epoch {epoch}'s grid"
+
+
+def test_early_stopping_on_the_frechet_distance(tmp_path, tiny_data, extractor):
+    settings = tiny_settings(epochs=4, ema_decay=0.9, patience=1)
+
+    metrics = train_point(POINT, *tiny_data, settings, extractor, tmp_path, RUNTIME)
+
+    scores = [row["ema_frechet_distance"] for row in read_csv(tmp_path / "epochs.csv")]
+    worse = [epoch for epoch in range(2, len(scores) + 1) if scores[epoch - 1] >= min(scores[: epoch - 1])]
+    if worse:  # patience 1: training ends with the first epoch that is no better than the best before it
+        assert metrics["stopped_early_at_epoch"] == worse[0] == len(scores)
+    else:
+        assert metrics["stopped_early_at_epoch"] == 0 and len(scores) == 4

@@ -18,7 +18,15 @@ import pytest
 import tensorflow as tf
 from mlflow.exceptions import MlflowException
 
-from tasks.params import ParamsError, RuntimeParams, available_profiles, load_params, parse_section
+from tasks.params import (
+    BlowupParams,
+    EpochChoiceParams,
+    ParamsError,
+    RuntimeParams,
+    available_profiles,
+    load_params,
+    parse_section,
+)
 from tasks.storage import read_history, under
 from tasks.text.corpus import TextError
 from tasks.text.sampling import truncated_log_probs
@@ -591,6 +599,8 @@ def trained(tmp_path_factory) -> tuple[TransformerPaths, dict]:
         epoch_sample_prompt="the will to",
         epoch_sample_words=EPOCH_SAMPLE_WORDS,
         epoch_sample_temperatures=EPOCH_SAMPLE_TEMPERATURES,
+        choice=EpochChoiceParams(keep="best", patience=0),
+        blowup=BlowupParams(factor=1.5, steps=50),
         runtime=RUNTIME,
     )
     return paths, metrics
@@ -608,6 +618,10 @@ def test_train_lowers_the_loss_and_writes_model_history_metrics_and_samples(trai
         assert row["perplexity"] == pytest.approx(math.exp(row["loss"]), rel=1e-6)
         assert row["val_perplexity"] == pytest.approx(math.exp(row["val_loss"]), rel=1e-6)
     assert metrics["best_val_loss"] == pytest.approx(min(row["val_loss"] for row in history), rel=1e-6)
+    losses = [row["val_loss"] for row in history]
+    assert metrics["kept_epoch"] == 1 + losses.index(min(losses)), "keep: best"
+    assert metrics["kept_val_perplexity"] == pytest.approx(math.exp(min(losses)), rel=1e-6)
+    assert metrics["final_val_loss"] == pytest.approx(losses[-1], rel=1e-6)
     assert metrics["best_val_perplexity"] == pytest.approx(math.exp(metrics["best_val_loss"]), rel=1e-9)
     assert metrics["epochs_completed"] == EPOCHS and metrics["diverged"] == 0
     assert json.loads(paths.train_metrics.read_text()) == metrics

@@ -33,21 +33,34 @@ from tasks.image_data import (
     save_split,
     split_folder,
 )
-from tasks.images import mosaic
-from tasks.params import ParamsError, RuntimeParams, dump_yaml, load_params, parse_section
+from tasks.images import AXIS_LABEL_MARGIN, mosaic, save_image, to_uint8
+from tasks.params import (
+    BlowupParams,
+    EpochChoiceParams,
+    ParamsError,
+    RuntimeParams,
+    dump_yaml,
+    load_params,
+    parse_section,
+)
 from tasks.steps import run_steps
 from tasks.storage import read_history
 from tasks.vae import data as vae_data
 from tasks.vae import model as vae_model
 from tasks.vae import steps as vae_steps
 from tasks.vae.latent import (
+    DATA_QUANTILE,
     LatentAxes,
+    axes_steps,
+    axis_range_labels,
     class_examples,
     concept_vector,
     decode,
     encode,
     grid_latents,
+    grid_steps,
     interpolate,
+    labelled_latent_grid,
     latent_axes,
     latent_grid,
     nearest_mean_share,
@@ -68,12 +81,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = RuntimeParams(
     seed=0, dtype_policy="float32", jit_compile=False, memory_growth=True, distribute="auto"
 )
+# The book's choice: the last epoch's model (the metrics below are the last epoch's).
+KEEP_LAST = EpochChoiceParams(keep="last", patience=0)
+BLOWUP = BlowupParams(factor=1.5, steps=50)
 SNEAKER, ANKLE_BOOT = 7, 9  # Fashion-MNIST labels
 TILE = 28  # Fashion-MNIST images are 28 x 28
 # Small sample settings: a 6 x 6 latent grid, 7 reconstructions, Sneaker -> Ankle boot at 3 strengths.
 SAMPLE = VaeSampleParams(
     grid_size=6,
     grid_axes="latent",
+    grid_span="data",
     grid_scale=1.5,
     num_reconstructions=7,
     interpolation_steps=4,
@@ -297,6 +314,8 @@ def beta_grid(tmp_path_factory, fashion):
             batch_size=128,
             learning_rate=3e-3,
             runtime=RUNTIME,
+            choice=KEEP_LAST,
+            blowup=BLOWUP,
         )
     return {"paths": paths, "results": results, "models": made, "eager_flags": eager_flags}
 
@@ -322,6 +341,10 @@ def test_training_losses_fall_and_total_is_reconstruction_plus_beta_kl(beta_grid
                     row[f"{prefix}reconstruction_loss"] + beta * row[f"{prefix}kl_loss"], rel=1e-5
                 )
         assert (metrics["epochs_completed"], metrics["diverged_at_epoch"]) == (3, 0)
+        test_losses = [row["val_total_loss"] for row in history]
+        assert metrics["kept_epoch"] == 3, "keep: last"
+        assert metrics["best_epoch"] == 1 + test_losses.index(min(test_losses))
+        assert metrics["final_val_total_loss"] == test_losses[-1] == metrics["kept_val_total_loss"]
         for term in LOSS_TERMS:
             assert metrics[f"train_{term}"] == history[-1][term]
             assert metrics[f"test_{term}"] == history[-1][f"val_{term}"]
@@ -387,6 +410,8 @@ def test_mixed_precision_and_a_mirrored_strategy_train_on_cpu(tmp_path, fashion,
             tmp_path / "models",
             tmp_path / "history.csv",
             runtime,
+            KEEP_LAST,
+            BLOWUP,
         )
 
     (model,) = made
@@ -433,6 +458,8 @@ def diverged_run(tmp_path_factory, fashion):
             root / "models",
             root / "history.csv",
             RUNTIME,
+            KEEP_LAST,
+            BLOWUP,
         )
     return {
         "root": root,
@@ -480,7 +507,15 @@ def test_a_grid_whose_only_point_diverges_in_epoch_1_keeps_no_model_and_samples_
     with pytest.MonkeyPatch.context() as patch, caplog.at_level(logging.WARNING, logger="tasks.vae"):
         patch.setattr(vae_model, "VAE", recording_vae([], [], poison_from_step=1))
         (result,) = train_grid(
-            paths, latent_dims=[2], betas=[1.0], epochs=3, batch_size=32, learning_rate=1e-3, runtime=RUNTIME
+            paths,
+            latent_dims=[2],
+            betas=[1.0],
+            epochs=3,
+            batch_size=32,
+            learning_rate=1e-3,
+            runtime=RUNTIME,
+            choice=KEEP_LAST,
+            blowup=BLOWUP,
         )
         samples = sample_points(paths, SAMPLE, seed=0)
 
@@ -502,17 +537,29 @@ def test_a_grid_whose_only_point_diverges_in_epoch_1_keeps_no_model_and_samples_
 # --- The latent space -----------------------------------------------------------------------------
 
 
+def fixed_steps(grid_size: int, scale: float, num_axes: int = 2) -> list[np.ndarray]:
+    return [np.linspace(-scale, scale, grid_size)] * num_axes
+
+
+def off_centre_means(count: int = 2000) -> np.ndarray:
+    """(count, 2) latent means in two clusters away from the origin: around (0, -3) and (2, 0.5)."""
+    rng = np.random.default_rng(0)
+    centres = np.where(rng.random(count)[:, None] < 0.5, [0.0, -3.0], [2.0, 0.5])
+    return centres + rng.normal(scale=0.3, size=(count, 2))
+
+
 def test_latent_grid_is_grid_size_tiles_on_each_side():
     keras.utils.set_random_seed(0)
     decoder = build_decoder((TILE, TILE, 1), 2)
     axes = latent_axes(np.zeros((4, 2)))
+    steps = fixed_steps(30, 1.0)
 
-    grid = latent_grid(decoder, axes, 30, 1.0)
+    grid = latent_grid(decoder, axes, steps)
 
     assert grid.shape == (30 * TILE, 30 * TILE, 3)
     assert grid.min() >= 0.0 and grid.max() <= 255.0
     # Tile (row, column) is the decoded latent point number row * 30 + column, grey in three channels.
-    latents = grid_latents(axes, 30, 1.0)
+    latents = grid_latents(axes, steps)
     for row, column in ((0, 0), (0, 29), (29, 0), (13, 17)):
         tile = grid[row * TILE : (row + 1) * TILE, column * TILE : (column + 1) * TILE]
         expected = decode(decoder, latents[[row * 30 + column]])[0] * 255.0
@@ -522,18 +569,21 @@ def test_latent_grid_is_grid_size_tiles_on_each_side():
 def test_latent_grid_of_rgb_images_and_of_a_one_dimensional_latent_space():
     keras.utils.set_random_seed(0)
 
-    rgb = latent_grid(build_decoder((8, 12, 3), 2), latent_axes(np.zeros((4, 2))), 5, 2.0)
-    line = latent_grid(build_decoder((TILE, TILE, 1), 1), latent_axes(np.zeros((4, 1))), 7, 1.0)
+    rgb = latent_grid(build_decoder((8, 12, 3), 2), latent_axes(np.zeros((4, 2))), fixed_steps(5, 2.0))
+    line = latent_grid(
+        build_decoder((TILE, TILE, 1), 1), latent_axes(np.zeros((4, 1))), fixed_steps(7, 1.0, num_axes=1)
+    )
 
     assert rgb.shape == (5 * 8, 5 * 12, 3)
     assert line.shape == (TILE, 7 * TILE, 3)  # one latent axis: one row
 
 
 @pytest.mark.parametrize("grid_size, scale", [(30, 1.0), (5, 2.5), (2, 1.0)])
-def test_grid_latents_for_two_latent_dims_are_the_books_grid(grid_size, scale):
-    axes = latent_axes(np.random.default_rng(0).normal(size=(50, 2)))
+def test_fixed_grid_latents_for_two_latent_dims_are_the_books_grid(grid_size, scale):
+    z_means = np.random.default_rng(0).normal(size=(50, 2))
+    axes = latent_axes(z_means)
 
-    latents = grid_latents(axes, grid_size, scale)
+    latents = grid_latents(axes, axes_steps(axes, z_means, "fixed", grid_size, scale))
 
     # The book: grid_x = linspace(-scale, scale, n), grid_y = linspace(-scale, scale, n)[::-1],
     # rows of the figure over grid_y, columns over grid_x.
@@ -544,6 +594,133 @@ def test_grid_latents_for_two_latent_dims_are_the_books_grid(grid_size, scale):
     np.testing.assert_allclose(latents[0], [-scale, scale])  # top left
     np.testing.assert_allclose(latents[-1], [scale, -scale])  # bottom right
     np.testing.assert_allclose(latents[grid_size - 1], [scale, scale])  # top right
+
+
+def test_grid_latents_put_the_largest_second_coordinate_on_the_top_row_with_uneven_steps():
+    axes = latent_axes(np.zeros((4, 2)))
+    x_steps, y_steps = np.array([-1.0, 0.0, 5.0]), np.array([-4.0, -3.0])
+
+    latents = grid_latents(axes, [x_steps, y_steps]).reshape(2, 3, 2)  # (rows, columns, latent)
+
+    np.testing.assert_array_equal(latents[0, :, 1], [-3.0, -3.0, -3.0])  # top row: the largest y
+    np.testing.assert_array_equal(latents[1, :, 1], [-4.0, -4.0, -4.0])
+    np.testing.assert_array_equal(latents[0, :, 0], x_steps)  # columns: x from left to right
+    np.testing.assert_array_equal(latents[1, :, 0], x_steps)
+
+
+def test_data_grid_reaches_off_centre_clusters_that_the_books_fixed_grid_misses():
+    z_means = off_centre_means()
+    axes = latent_axes(z_means)
+
+    data = grid_latents(axes, axes_steps(axes, z_means, "data", 10, 1.0))
+    fixed = grid_latents(axes, axes_steps(axes, z_means, "fixed", 10, 1.0))
+
+    def nearest_grid_point(grid: np.ndarray, point: list[float]) -> float:
+        return float(np.min(np.linalg.norm(grid - point, axis=1)))
+
+    for cluster in ([0.0, -3.0], [2.0, 0.5]):
+        assert nearest_grid_point(data, cluster) < 0.5
+    assert nearest_grid_point(fixed, [0.0, -3.0]) > 1.5  # [-1, 1]^2 stays 2 away from the first
+    # The data grid spans the means' 1%-99% quantiles along each axis, corner to corner.
+    low, high = np.quantile(z_means, [DATA_QUANTILE, 1 - DATA_QUANTILE], axis=0)
+    np.testing.assert_allclose(data[0], [low[0], high[1]])  # top left
+    np.testing.assert_allclose(data[-1], [high[0], low[1]])  # bottom right
+    assert low[1] < -3.0 and high[0] > 2.0
+
+
+def test_data_steps_are_evenly_spaced_quantiles_so_crowded_regions_get_more_steps():
+    coordinates = np.concatenate([np.linspace(0.0, 1.0, 900), np.linspace(1.0, 10.0, 100)])
+
+    steps = grid_steps("data", coordinates, 11, scale=123.0)  # the scale does not matter for data
+
+    assert np.all(np.diff(steps) > 0)
+    np.testing.assert_allclose(steps, np.quantile(coordinates, np.linspace(0.01, 0.99, 11)))
+    assert np.sum(steps <= 1.0) >= 9  # 90% of the means lie in [0, 1]: so do 90% of the steps
+
+
+@pytest.mark.parametrize("grid_size, scale", [(30, 1.0), (7, 2.0), (2, 0.5)])
+def test_normal_steps_are_the_scaled_normal_quantiles_and_symmetric(grid_size, scale):
+    far_away = np.full(50, 100.0)  # the test means do not move the normal grid
+
+    steps = grid_steps("normal", far_away, grid_size, scale)
+
+    # The standard normal's quantile function by bisection on its CDF (erf), not by inv_cdf.
+    def quantile(probability: float) -> float:
+        low, high = -10.0, 10.0
+        for _ in range(100):
+            middle = (low + high) / 2
+            below = 0.5 * (1 + math.erf(middle / math.sqrt(2))) < probability
+            low, high = (middle, high) if below else (low, middle)
+        return low
+
+    expected = [scale * quantile(p) for p in np.linspace(0.05, 0.95, grid_size)]
+    np.testing.assert_allclose(steps, expected, atol=1e-9)
+    np.testing.assert_allclose(steps, -steps[::-1], atol=1e-12)  # symmetric around the plane's center
+    assert steps[-1] == pytest.approx(scale * 1.6448536, rel=1e-6)  # the 95% quantile
+
+
+def test_normal_grid_is_around_the_principal_planes_center():
+    z_means = off_centre_means()
+    axes = latent_axes(z_means, principal=True)
+
+    latents = grid_latents(axes, axes_steps(axes, z_means, "normal", 5, 1.0))
+
+    np.testing.assert_allclose(latents[2 * 5 + 2], z_means.mean(axis=0), atol=1e-12)  # the middle tile
+
+
+def test_grid_steps_reject_an_unknown_span():
+    with pytest.raises(ValueError, match="grid span must be data, normal or fixed, got 'wide'"):
+        grid_steps("wide", np.zeros(3), 3, 1.0)
+
+
+def test_data_steps_of_a_one_dimensional_latent_space_give_one_row():
+    z_means = np.random.default_rng(0).normal(loc=-2.0, size=(200, 1))
+    axes = latent_axes(z_means)
+
+    steps = axes_steps(axes, z_means, "data", 7, 1.0)
+    latents = grid_latents(axes, steps)
+
+    assert len(steps) == 1 and latents.shape == (7, 1)
+    np.testing.assert_allclose(latents[:, 0], np.quantile(z_means[:, 0], np.linspace(0.01, 0.99, 7)))
+
+
+def test_axis_range_labels_name_each_axis_and_its_first_and_last_step():
+    steps = [np.array([-2.914, 0.0, 1.871]), np.array([-3.7, 0.9])]
+
+    labels = axis_range_labels(("z[0]", "z[1]"), steps)
+
+    assert labels == ["z[0]: -2.91 ... 1.87", "z[1]: -3.70 ... 0.90"]
+
+
+def test_labelled_latent_grid_adds_a_margin_under_and_left_of_the_mosaic(tmp_path):
+    keras.utils.set_random_seed(0)
+    decoder = build_decoder((TILE, TILE, 1), 2)
+    axes = latent_axes(np.zeros((4, 2)))
+    steps = fixed_steps(4, 1.0)
+    grid = latent_grid(decoder, axes, steps)
+
+    labelled = labelled_latent_grid(grid, axes.names, steps)
+    path = save_image(labelled, tmp_path / "latent_grid.png")
+
+    assert labelled.shape == (4 * TILE + AXIS_LABEL_MARGIN, AXIS_LABEL_MARGIN + 4 * TILE, 3)
+    assert png_size(path) == (AXIS_LABEL_MARGIN + 4 * TILE, 4 * TILE + AXIS_LABEL_MARGIN)
+    # The mosaic sits at the top right, unchanged; the margins are white but for their text.
+    np.testing.assert_array_equal(labelled[: 4 * TILE, AXIS_LABEL_MARGIN:], to_uint8(grid))
+    under, left = labelled[4 * TILE :, AXIS_LABEL_MARGIN:], labelled[: 4 * TILE, :AXIS_LABEL_MARGIN]
+    assert under.min() < 128 and left.min() < 128  # some dark text in each
+    assert np.mean(under == 255) > 0.5 and np.mean(left == 255) > 0.5
+    # The left label reads upwards: its text starts at the bottom of the margin.
+    dark_rows = np.flatnonzero((left < 128).any(axis=(1, 2)))
+    assert dark_rows.max() > 3 * TILE
+
+
+def test_labelled_latent_grid_of_one_axis_has_only_the_margin_under_it():
+    grid = np.full((TILE, 5 * TILE, 3), 200.0)
+
+    labelled = labelled_latent_grid(grid, ("z[0]",), fixed_steps(5, 1.0, num_axes=1))
+
+    assert labelled.shape == (TILE + AXIS_LABEL_MARGIN, 5 * TILE, 3)
+    np.testing.assert_array_equal(labelled[:TILE], 200)
 
 
 def test_principal_axes_follow_the_largest_variance_directions_scaled_by_their_std():
@@ -588,7 +765,7 @@ def test_latent_axes_coordinates_invert_grid_latents(latent_dim, principal):
     axes = latent_axes(z_means, principal=principal)
     grid_size, scale = 4, 1.5
 
-    coordinates = axes.coordinates(grid_latents(axes, grid_size, scale))
+    coordinates = axes.coordinates(grid_latents(axes, fixed_steps(grid_size, scale, len(axes.axes))))
 
     steps = np.linspace(-scale, scale, grid_size)
     if len(axes.axes) == 1:
@@ -682,8 +859,9 @@ def sneakers_and_boots(tmp_path_factory, fashion):
     train, test = subset(train, 3000, (SNEAKER, ANKLE_BOOT)), subset(test, 400, (SNEAKER, ANKLE_BOOT))
     folder = tmp_path_factory.mktemp("sneakers_and_boots")
     metrics = train_point(
-        GridPoint(2, 1.0), train, test, 3, 128, 3e-3, folder / "models", folder / "history.csv", RUNTIME
-    )
+        GridPoint(2, 1.0), train, test, 3, 128, 3e-3, folder / "models", folder / "history.csv", RUNTIME,
+        EpochChoiceParams(keep="best", patience=0), BLOWUP,
+    )  # fmt: skip
     assert metrics["epochs_completed"] == 3
     encoder = keras.models.load_model(folder / "models" / "encoder.keras")
     decoder = keras.models.load_model(folder / "models" / "decoder.keras")
@@ -1054,6 +1232,7 @@ def test_the_sample_step_rejects_a_concept_class_the_folder_does_not_have(tmp_pa
     params = VaeSampleParams(
         grid_size=2,
         grid_axes="latent",
+        grid_span="fixed",
         grid_scale=1.0,
         num_reconstructions=1,
         interpolation_steps=2,
@@ -1098,6 +1277,7 @@ def test_the_repo_params_parse(repo_params):
             lambda vae_params: vae_params["sample"].update(concepts=[{"source": "4", "target": 4}]),
             "vae.sample.concepts.0",
         ),
+        (lambda vae_params: vae_params["sample"].update(grid_span="wide"), "vae.sample.grid_span"),
     ],
     ids=[
         "latent_dim_0",
@@ -1106,6 +1286,7 @@ def test_the_repo_params_parse(repo_params):
         "image_size_30",
         "empty_folder",
         "same_classes",
+        "unknown_grid_span",
     ],
 )
 def test_bad_params_are_rejected_naming_the_key(repo_params, change, key):
@@ -1257,7 +1438,8 @@ def test_sample_points_writes_every_image_and_skips_a_point_without_a_model(trai
     (warning,) = [record for record in caplog.records if "nothing to sample" in record.getMessage()]
     assert warning.levelno == logging.WARNING and "beta=0" in warning.getMessage()
     point = paths.samples / "point_00"
-    assert png_size(point / "latent_grid.png") == (6 * TILE, 6 * TILE)
+    # The 6 x 6 grid with its axes' ranges in a margin under it and one at its left.
+    assert png_size(point / "latent_grid.png") == (AXIS_LABEL_MARGIN + 6 * TILE, 6 * TILE + AXIS_LABEL_MARGIN)
     assert png_size(point / "latent_scatter.png")[0] > 100
     assert png_size(point / "reconstructions.png") == (7 * TILE, 2 * TILE)
     assert png_size(point / "interpolation.png") == ((4 + 2) * TILE, TILE)
@@ -1268,12 +1450,20 @@ def test_sample_points_writes_every_image_and_skips_a_point_without_a_model(trai
     assert json.loads((paths.samples / "samples.json").read_text()) == json.loads(json.dumps(results))
     assert json.loads(paths.sample_metrics.read_text()) == {"point_00": results[0]["metrics"]}
     metrics = results[0]["metrics"]
-    assert set(metrics) == {
+    grid_range = {f"grid/axis_{axis}_{end}" for axis in (0, 1) for end in ("low", "high")}
+    assert set(metrics) == grid_range | {
         "concept_00/target_share/strength_0",
         "concept_00/target_share/strength_1",
         "concept_00/target_share/strength_2",
         "concept_00/vector_norm",
     }
+    # SAMPLE's grid_span data: the grid spans the test means' 1%-99% quantiles along z[0] and z[1].
+    encoder = keras.models.load_model(paths.models / "point_00" / "encoder.keras")
+    test_means = encode(encoder, load_split(paths.data / "test.npz").images)
+    for axis in (0, 1):
+        low, high = np.quantile(test_means[:, axis], [DATA_QUANTILE, 1 - DATA_QUANTILE])
+        assert metrics[f"grid/axis_{axis}_low"] == pytest.approx(low, abs=1e-4)
+        assert metrics[f"grid/axis_{axis}_high"] == pytest.approx(high, abs=1e-4)
     assert all(0.0 <= metrics[f"concept_00/target_share/strength_{s}"] <= 1.0 for s in (0, 1, 2))
     assert metrics["concept_00/vector_norm"] > 0
 

@@ -16,7 +16,7 @@ from mlflow.types import Schema, TensorSpec
 from tasks import champion, tracking
 from tasks.text.char_lstm.params import TextPaths
 from tasks.text.corpus import corpus_seed, load_prepared, read_vocabulary
-from tasks.text.log import log_history_and_epoch_samples
+from tasks.text.log import log_history_and_epoch_samples, monitored_loss
 
 
 def log_training(run_id: str, paths: TextPaths) -> dict[str, float]:
@@ -70,22 +70,19 @@ def log_serving_model(run_id: str, paths: TextPaths) -> champion.Candidate:
     )
     metrics = json.loads(paths.train_metrics.read_text())
     return champion.Candidate(
-        model.model_id, model.source_run_id, md5, float(metrics.get("best_val_loss", math.nan))
+        model.model_id, model.source_run_id, md5, float(metrics.get("kept_val_loss", math.nan))
     )
 
 
 def summary(paths: TextPaths, train_metrics: dict[str, Any], run_id: str, tracking_uri: str) -> str:
-    """The flow's markdown summary: where the outputs are, the best validation loss and the samples."""
+    """The flow's markdown summary: where the outputs are, the kept model's epoch and loss, and the samples."""
     samples = json.loads((paths.samples / "samples.json").read_text(encoding="utf-8"))
-    best = train_metrics.get("best_val_loss", train_metrics.get("best_loss"))
     lines = [
         "## Text generation",
         f"- MLflow run `{run_id}` ({tracking_uri})",
         f"- model: `{paths.model}`; samples: `{paths.samples}`; metrics: `{paths.train_metrics}`, "
         f"`{paths.sample_metrics}`",
-        f"- best validation loss {best:.4f} nats "
-        f"({best / math.log(2.0):.3f} bits/char) at epoch {train_metrics.get('best_epoch')}"
-        + (" (training diverged: stopped at the last good epoch)" if train_metrics.get("diverged") else ""),
+        f"- {tracking.kept_model_line(train_metrics, monitored_loss(train_metrics))}",
         "",
         f"Seed: `{samples[0]['seed']!r}`" if samples else "",
     ]

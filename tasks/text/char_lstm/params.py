@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pydantic
 
-from tasks.params import Params, RuntimeParams, Temperature, load_params, parse_section
+from tasks.params import (
+    BlowupParams,
+    EpochChoiceParams,
+    Params,
+    RuntimeParams,
+    Temperature,
+    load_params,
+    parse_section,
+)
 
 SECTION = "text"
 
@@ -28,13 +36,14 @@ class TextModelParams(Params):
     embedding_dim: int = pydantic.Field(ge=0)  # 0 = one-hot, as in the book
 
 
-class TextTrainParams(Params):
+class TextTrainParams(EpochChoiceParams):  # keep, patience: on the validation loss
     epochs: int = pydantic.Field(ge=1)
     batch_size: int = pydantic.Field(ge=1)
     learning_rate: float = pydantic.Field(gt=0.0, allow_inf_nan=False)
     clipnorm: float = pydantic.Field(ge=0.0, allow_inf_nan=False)  # 0 = no clipping
     epoch_sample_chars: int = pydantic.Field(ge=0)
     epoch_sample_temperatures: list[Temperature]
+    blowup: BlowupParams
 
 
 class TextSampleParams(Params):

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from tasks import storage
-from tasks.params import RuntimeParams
+from tasks.params import BlowupParams, EpochChoiceParams, RuntimeParams
 from tasks.runtime import configure_runtime
 from tasks.steps import run_steps
 from tasks.text.char_lstm.model import (
@@ -33,7 +33,7 @@ from tasks.text.char_lstm.params import TextPaths, load
 from tasks.text.corpus import TextError, corpus_seed, load_prepared
 from tasks.text.metrics import text_metrics, words
 from tasks.text.sequences import num_sequences, sequence_dataset
-from tasks.training import NanGuard, ProgressLog, restore_last_good_epoch, save_model_atomically
+from tasks.training import ProgressLog, epoch_choice, restore_kept_epoch, save_model_atomically
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,12 @@ def train_char_lstm(
     clipnorm: float,
     epoch_sample_chars: int,
     epoch_sample_temperatures: Sequence[float],
+    choice: EpochChoiceParams,
+    blowup: BlowupParams,
     runtime: RuntimeParams,
 ) -> dict[str, float]:
-    """Train the LSTM, checkpointing each good epoch; writes model, history and metrics."""
+    """Train the LSTM; the model kept (`choice.keep`: the epoch with the lowest validation loss, or
+    the last) is saved when its epoch ends. Writes model, history and metrics."""
     strategy = configure_runtime(
         runtime.seed, runtime.dtype_policy, runtime.memory_growth, runtime.distribute
     )
@@ -77,8 +80,9 @@ def train_char_lstm(
         model = build_char_lstm(vocabulary.size, units, num_layers, embedding_dim)
         compile_model(model, learning_rate, clipnorm, runtime.jit_compile)
 
-    nan_guard = NanGuard(lambda epoch: save_model_atomically(model, paths.model))
-    callbacks: list[keras.callbacks.Callback] = [BitsPerCharacter(), nan_guard]
+    monitored = "val_loss" if validation_data is not None else "loss"
+    chosen = epoch_choice(lambda epoch: save_model_atomically(model, paths.model), choice, blowup, monitored)
+    callbacks: list[keras.callbacks.Callback] = [BitsPerCharacter(), *chosen.callbacks]
     epoch_samples = None
     if epoch_sample_chars and epoch_sample_temperatures:
         seed_text = corpus_seed(train_ids, vocabulary, maxlen, runtime.seed)
@@ -102,24 +106,20 @@ def train_char_lstm(
     )  # shuffle=False: the dataset reshuffles itself every epoch
     seconds = time.perf_counter() - started
     # The book's learning rate of 0.01 diverges late in its own 60-epoch run.
-    restore_last_good_epoch(
+    restore_kept_epoch(
         model,
-        nan_guard,
+        chosen,
         paths.model,
         TextError,
         "lower text.train.learning_rate or set text.train.clipnorm (e.g. 1.0)",
     )
 
     storage.write_json(paths.epoch_samples, epoch_samples.records if epoch_samples else [])
-    monitored = "val_loss" if validation_data is not None else "loss"
-    losses = history.history[monitored][: nan_guard.last_good_epoch]
-    best_epoch = int(np.argmin(losses))
+    outcome = chosen.outcome()
+    bits = monitored.replace("loss", "bits_per_char")
     metrics = {
-        "best_epoch": best_epoch + 1,
-        f"best_{monitored}": losses[best_epoch],
-        f"best_{monitored.replace('loss', 'bits_per_char')}": losses[best_epoch] / math.log(2.0),
-        "epochs_completed": nan_guard.last_good_epoch,
-        "diverged": int(bool(nan_guard.diverged_at_epoch)),
+        **outcome,
+        **{f"{which}_{bits}": outcome[f"{which}_{monitored}"] / math.log(2.0) for which in ("kept", "best", "final")},
         "train_seconds": seconds,
         "sequences_per_second": num_train * len(history.epoch) / seconds,
     }
@@ -182,7 +182,9 @@ def train(root: Path) -> None:
         text.data.maxlen,
         text.data.step,
         **text.model.model_dump(),
-        **text.train.model_dump(),
+        **text.train.model_dump(exclude={"keep", "patience", "blowup"}),
+        choice=text.train,
+        blowup=text.train.blowup,
         runtime=runtime,
     )
 

@@ -15,7 +15,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from tasks import champion, tracking
-from tasks.text.log import log_history_and_epoch_samples
+from tasks.text.log import log_history_and_epoch_samples, monitored_loss
 from tasks.text.transformer.params import TransformerPaths
 
 
@@ -61,7 +61,7 @@ def log_samples(parent_run_id: str, experiment_id: str, paths: TransformerPaths)
 
 def log_serving_model(run_id: str, paths: TransformerPaths) -> champion.Candidate:
     """The trained model and its vocabulary as a pyfunc text generator (prompt, temperature, length
-    -> text) on the parent run: the registry's candidate, scored by its best validation loss (NaN
+    -> text) on the parent run: the registry's candidate, scored by the kept model's validation loss (NaN
     without a validation split: then it never becomes champion)."""
     from tasks.text.transformer import serving  # loads Keras: only a flow run whose training ran gets here
 
@@ -74,22 +74,22 @@ def log_serving_model(run_id: str, paths: TransformerPaths) -> champion.Candidat
     )
     metrics = json.loads(paths.train_metrics.read_text())
     return champion.Candidate(
-        model.model_id, model.source_run_id, md5, float(metrics.get("best_val_loss", math.nan))
+        model.model_id, model.source_run_id, md5, float(metrics.get("kept_val_loss", math.nan))
     )
 
 
 def summary(paths: TransformerPaths, train_metrics: dict[str, Any], run_id: str, tracking_uri: str) -> str:
-    """The flow's markdown summary: where the outputs are, the best validation perplexity, sampling speed and the samples."""
+    """The flow's markdown summary: where the outputs are, the kept model and its perplexity, sampling speed, samples."""
     samples = json.loads((paths.samples / "samples.json").read_text(encoding="utf-8"))
     words_per_second = json.loads(paths.sample_metrics.read_text())["words_per_second"]
-    perplexity = train_metrics.get("best_val_perplexity", train_metrics.get("best_perplexity"))
+    monitored = monitored_loss(train_metrics)
+    perplexity = train_metrics[f"kept_{monitored.replace('loss', 'perplexity')}"]
     lines = [
         "## Word-level Transformer",
         f"- MLflow run `{run_id}` ({tracking_uri})",
         f"- model: `{paths.model}`; samples: `{paths.samples}`; metrics: `{paths.train_metrics}`, "
         f"`{paths.sample_metrics}`",
-        f"- best validation perplexity {perplexity:.1f} at epoch {train_metrics.get('best_epoch')}"
-        + (" (training diverged: stopped at the last good epoch)" if train_metrics.get("diverged") else ""),
+        f"- {tracking.kept_model_line(train_metrics, monitored)}: perplexity {perplexity:.1f}",
         f"- sampling: {words_per_second:,.0f} words/s",
         "",
     ]

@@ -9,7 +9,15 @@ from typing import Literal
 
 import pydantic
 
-from tasks.params import Params, RuntimeParams, Temperature, load_params, parse_section
+from tasks.params import (
+    BlowupParams,
+    EpochChoiceParams,
+    Params,
+    RuntimeParams,
+    Temperature,
+    load_params,
+    parse_section,
+)
 
 SECTION = "transformer"
 
@@ -42,13 +50,14 @@ class TransformerModelParams(Params):
     num_heads: int = pydantic.Field(ge=1)
 
 
-class TransformerTrainParams(Params):
+class TransformerTrainParams(EpochChoiceParams):  # keep, patience: on the validation loss
     epochs: int = pydantic.Field(ge=1)
     batch_size: int = pydantic.Field(ge=1)
     learning_rate: float = pydantic.Field(gt=0.0, allow_inf_nan=False)
     epoch_sample_prompt: str = pydantic.Field(min_length=1)
     epoch_sample_words: int = pydantic.Field(ge=0)  # 0 = no samples during training
     epoch_sample_temperatures: list[Temperature]
+    blowup: BlowupParams
 
 
 class Sampler(Params):

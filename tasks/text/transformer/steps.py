@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from tasks import storage
-from tasks.params import RuntimeParams
+from tasks.params import BlowupParams, EpochChoiceParams, RuntimeParams
 from tasks.runtime import configure_runtime
 from tasks.steps import run_steps
 from tasks.text.corpus import TextError
@@ -36,7 +36,7 @@ from tasks.text.transformer.model import (
 )
 from tasks.text.transformer.params import Sampler, TransformerPaths, TransformerSampleParams, load
 from tasks.text.transformer.vectorize import read_vocabulary
-from tasks.training import NanGuard, ProgressLog, restore_last_good_epoch, save_model_atomically
+from tasks.training import ProgressLog, epoch_choice, restore_kept_epoch, save_model_atomically
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,12 @@ def train_transformer(
     epoch_sample_prompt: str,
     epoch_sample_words: int,
     epoch_sample_temperatures: Sequence[float],
+    choice: EpochChoiceParams,
+    blowup: BlowupParams,
     runtime: RuntimeParams,
 ) -> dict[str, float]:
-    """Train the language model, checkpointing each good epoch; writes model, history and metrics."""
+    """Train the language model; the model kept (`choice.keep`: the epoch with the lowest validation
+    loss, or the last) is saved when its epoch ends. Writes model, history and metrics."""
     strategy = configure_runtime(
         runtime.seed, runtime.dtype_policy, runtime.memory_growth, runtime.distribute
     )
@@ -82,8 +85,9 @@ def train_transformer(
         )
         compile_model(model, learning_rate, runtime.jit_compile)
 
-    nan_guard = NanGuard(lambda epoch: save_model_atomically(model, paths.model))
-    callbacks: list[keras.callbacks.Callback] = [Perplexity(), nan_guard]
+    monitored = "val_loss" if validation_data is not None else "loss"
+    chosen = epoch_choice(lambda epoch: save_model_atomically(model, paths.model), choice, blowup, monitored)
+    callbacks: list[keras.callbacks.Callback] = [Perplexity(), *chosen.callbacks]
     epoch_samples = None
     if epoch_sample_words and epoch_sample_temperatures:
         epoch_samples = EpochSamples(
@@ -101,18 +105,14 @@ def train_transformer(
         train_data, validation_data=validation_data, epochs=epochs, callbacks=callbacks, verbose=0
     )
     seconds = time.perf_counter() - started
-    restore_last_good_epoch(model, nan_guard, paths.model, TextError, "lower transformer.train.learning_rate")
+    restore_kept_epoch(model, chosen, paths.model, TextError, "lower transformer.train.learning_rate")
 
     storage.write_json(paths.epoch_samples, epoch_samples.records if epoch_samples else [])
-    monitored = "val_loss" if validation_data is not None else "loss"
-    losses = history.history[monitored][: nan_guard.last_good_epoch]
-    best_epoch = int(np.argmin(losses))
+    outcome = chosen.outcome()
+    perplexity = monitored.replace("loss", "perplexity")
     metrics = {
-        "best_epoch": best_epoch + 1,
-        f"best_{monitored}": losses[best_epoch],
-        f"best_{monitored.replace('loss', 'perplexity')}": math.exp(losses[best_epoch]),
-        "epochs_completed": nan_guard.last_good_epoch,
-        "diverged": int(bool(nan_guard.diverged_at_epoch)),
+        **outcome,
+        **{f"{which}_{perplexity}": math.exp(outcome[f"{which}_{monitored}"]) for which in ("kept", "best", "final")},
         "train_seconds": seconds,
         "documents_per_second": len(train) * len(history.epoch) / seconds,
     }
@@ -184,7 +184,9 @@ def train(root: Path) -> None:
     train_transformer(
         storage.under(root, TransformerPaths()),
         **params.model.model_dump(),
-        **params.train.model_dump(),
+        **params.train.model_dump(exclude={"keep", "patience", "blowup"}),
+        choice=params.train,
+        blowup=params.train.blowup,
         runtime=runtime,
     )
 
