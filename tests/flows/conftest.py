@@ -31,6 +31,18 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="package", autouse=True)
+def shared_step_server(prefect_server):
+    """One step server (tasks/step_server.py) for these tests' flow runs instead of one per flow run:
+    each would import TensorFlow again (~4 s of a core). The flows use a server named in the
+    environment; it is removed before tests outside this package run (tests/team starts workers that
+    must start their own)."""
+    from tasks.step_server import step_server
+
+    with step_server():
+        yield
+
+
 def tiny_params(corpus: Path) -> dict:
     """params.yaml values small enough for a whole pipeline in seconds."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
