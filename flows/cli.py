@@ -60,7 +60,7 @@ def run_cli(flow_function: Callable[..., Any], techniques: list[str] | None = No
     except Exception as error:  # the flow's log already holds the details; end with one line
         print(f"\nerror: {error}", file=sys.stderr)
         return 1
-    print(next_steps(root, tracking_uri))
+    print(next_steps(root, tracking_uri, techniques))
     return 0
 
 
@@ -85,7 +85,8 @@ def patient_ephemeral_server() -> dict:
     return {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120}
 
 
-def next_steps(root: Path, tracking_uri: str) -> str:
+def next_steps(root: Path, tracking_uri: str, techniques: list[str] | None = None) -> str:
+    """Where the results of `techniques` (default: all) are and the commands that show them."""
     bin_dir = Path(sys.executable).parent
     prefect_api = os.environ.get("PREFECT_API_URL")
     prefect_line = (
@@ -98,6 +99,15 @@ def next_steps(root: Path, tracking_uri: str) -> str:
         if tracking_uri.startswith("sqlite:")
         else f"  MLflow UI:   {tracking_uri}"
     )
+    # DVC's stage commands run `python`: it must be this environment's.
+    dvc_commands = [f"source {bin_dir / 'activate'}"] if (bin_dir / "activate").is_file() else []
+    if Path.cwd().resolve() != root:
+        dvc_commands.append(f"cd {root}")
+    dvc_commands += ["dvc metrics show", "dvc plots show"]
+    if techniques is None or "text" in techniques:
+        # --single-item: a profile (the main job's quick one) leaves dvc.lock holding its params and
+        # params.yaml the book's; without it DVC would retrain the text model at book scale first.
+        dvc_commands.append("dvc exp run --single-item text_sample -S 'text.sample.temperatures=[0.3,0.8]'")
     return "\n".join(
         [
             "",
@@ -106,6 +116,6 @@ def next_steps(root: Path, tracking_uri: str) -> str:
             f"  MLflow:      {tracking_uri}",
             mlflow_line,
             prefect_line,
-            "  DVC:         dvc metrics show; dvc plots show; dvc exp run -S text.sample.temperatures='[0.3,0.8]'",
+            f"  DVC:         {'; '.join(dvc_commands)}",
         ]
     )

@@ -1,7 +1,8 @@
 """DeepDream flow: image -> dream per layer setting, as dvc.yaml defines them, tracked in MLflow
 as one parent run (comparison grid) with one child run per layer setting.
 
-    python -m flows.deepdream [--profile quick]
+    python -m flows.deepdream --profile quick   # minutes on a CPU
+    python -m flows.deepdream                   # params.yaml as it is: the book's scale (docs/deepdream.md)
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ dropout), as dvc.yaml defines them, tracked in MLflow as one parent run (the fin
 side) with one child run per grid point; the best generator, when it trained, is registered and may
 become the champion (tasks/champion.py).
 
-    python -m flows.gan [--profile quick]
+    python -m flows.gan --profile quick   # minutes on a CPU
+    python -m flows.gan                   # params.yaml as it is: the book's scale (docs/gan.md)
 """
 
 from __future__ import annotations

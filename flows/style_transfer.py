@@ -1,7 +1,8 @@
 """Neural style transfer flow: images -> one stylised image per grid point, as dvc.yaml defines
 them, tracked in MLflow as one parent run (comparison grid) with one child run per grid point.
 
-    python -m flows.style_transfer [--profile quick]
+    python -m flows.style_transfer --profile quick   # minutes on a CPU
+    python -m flows.style_transfer                   # params.yaml as it is: the book's scale (docs/style_transfer.md)
 """
 
 from __future__ import annotations

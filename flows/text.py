@@ -2,7 +2,8 @@
 them, tracked in MLflow as one parent run with one child run per sampling temperature; a model that
 trained is registered and may become the champion (tasks/champion.py).
 
-    python -m flows.text [--profile quick]
+    python -m flows.text --profile quick   # minutes on a CPU
+    python -m flows.text                   # params.yaml as it is: the book's scale (docs/text.md)
 """
 
 from __future__ import annotations

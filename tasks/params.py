@@ -303,3 +303,30 @@ def _model_at(model: type[pydantic.BaseModel], loc: tuple) -> type[pydantic.Base
 def did_you_mean(key: str, candidates) -> str:
     close = difflib.get_close_matches(key, list(candidates), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def apply_profile(root: Path, profile: str) -> Path:
+    """Write `root`/params.yaml with profiles/<profile>.yaml merged over it, for DVC commands at that
+    profile (the flows apply a profile only while they run). Comments are not kept: `git checkout
+    params.yaml` puts the book's values back. Returns the file written."""
+    with checkout_lock(root):
+        params = load_params(root, profile)
+        _write_atomically(root / PARAMS_FILE, dump_yaml(params).encode())
+    return root / PARAMS_FILE
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.params", description="Apply a params profile to params.yaml, for DVC."
+    )
+    parser.add_argument("command", choices=["apply"])
+    parser.add_argument("profile", help="a profile in profiles/, e.g. quick")
+    parser.add_argument("--root", type=Path, default=Path("."), help="the checkout (default: here)")
+    args = parser.parse_args()
+    try:
+        written = apply_profile(args.root, args.profile)
+    except ParamsError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"{written}: profiles/{args.profile}.yaml applied; `git checkout {PARAMS_FILE}` restores it")

@@ -3,7 +3,9 @@ tasks.text.char_lstm.steps train`) and of the flows' `dvc` commands (`python -m 
 ...`): runs `python -m <module> <args...>` on the flow's step server when there is one
 (tasks/step_server.py: TensorFlow and DVC already imported), else in this process, which then ends
 without the interpreter's teardown (TensorFlow's takes seconds). Either way the output and the exit
-code are the module's.
+code are the module's, except when a package it imports is not installed for this interpreter (a
+`dvc` or `python` from outside the project's environment): then one line says so, as a step reports
+bad input (tasks.steps), instead of a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import runpy
 import sys
 from collections.abc import Sequence
 
-from tasks.step_server import run_on_server
+from tasks.step_server import missing_package, report_missing_package, run_on_server
 
 
 def run(module: str, args: Sequence[str]) -> int:
@@ -28,6 +30,10 @@ def run(module: str, args: Sequence[str]) -> int:
             return exit.code or 0
         print(exit.code, file=sys.stderr)
         return 1
+    except ImportError as error:
+        if package := missing_package(error, module):
+            return report_missing_package(package)
+        raise
     return 0
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -73,6 +74,41 @@ def refusal(
     if differing:
         return f"{', '.join(dict(differing))} differ from the server's, which imported TensorFlow with them"
     return None
+
+
+PROJECT_PACKAGES = ("tasks", "flows")
+
+
+def missing_package(error: ImportError, module: str) -> str | None:
+    """The package that running `module` found not installed for this interpreter (`dvc` or
+    `python` from another environment than the project's), from `error` or the import error that
+    caused it (runpy wraps some); None when it is the project's own code or an installed package
+    that failed some other way: a bug, whose traceback must show."""
+    names = []
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ImportError) and cause.name:
+            names.append(cause.name)
+        cause = cause.__cause__
+    names.append(module)  # runpy reports the module it was asked to run as a bare ImportError
+    for name in names:
+        package = name.partition(".")[0]
+        if package and package not in PROJECT_PACKAGES and importlib.util.find_spec(package) is None:
+            return package
+    return None
+
+
+def report_missing_package(package: str) -> int:
+    """One line on stderr, as a step reports bad input (tasks.steps), and the exit code."""
+    from tasks.steps import ERROR  # only here: the launcher stays light
+
+    print(
+        f"{ERROR}{package} is not installed for {sys.executable} (the stage's python); activate the "
+        "project's environment first: source .venv/bin/activate (scripts/setup.sh creates it)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 1
 
 
 # --- The step's side ------------------------------------------------------------------------------
@@ -155,6 +191,12 @@ def run_step(request: Mapping[str, Any], fds: list[int], set_by_imports: Mapping
             code = exit.code or 0
         else:
             print(exit.code, file=sys.stderr)
+            code = 1
+    except ImportError as error:
+        if package := missing_package(error, request["module"]):
+            code = report_missing_package(package)
+        else:
+            traceback.print_exc()
             code = 1
     except BaseException:
         traceback.print_exc()

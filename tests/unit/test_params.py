@@ -380,3 +380,24 @@ def test_a_run_killed_while_a_profile_was_applied_is_repaired_by_the_next(repo_c
         assert params_path.read_bytes() == original
         assert params == parse_yaml(original.decode())
     assert not (repo_copy / PARAMS_BACKUP).exists()
+
+
+def test_apply_profile_writes_the_merged_params_for_dvc_and_names_an_unknown_profile(repo_copy):
+    book = load_params(repo_copy)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tasks.params", "apply", "quick", "--root", str(repo_copy)],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "git checkout params.yaml" in result.stdout
+    applied = load_params(repo_copy)  # what DVC now reads
+    assert applied == load_params(repo_copy, "quick") != book
+    assert applied["text"]["train"]["epochs"] == 3 != book["text"]["train"]["epochs"]
+    unknown = subprocess.run(
+        [sys.executable, "-m", "tasks.params", "apply", "nope", "--root", str(repo_copy)],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert unknown.returncode == 1 and unknown.stderr.strip().startswith("error: unknown profile 'nope'")
+    assert load_params(repo_copy) == applied, "a failed apply changed params.yaml"

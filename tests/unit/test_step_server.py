@@ -16,6 +16,7 @@ import pytest
 
 from tasks import step_server
 from tasks.step_server import STEP_SERVER
+from tasks.steps import read_error
 from tests.conftest import REPO_ROOT
 
 PROBE = """
@@ -35,12 +36,15 @@ sys.exit(int(sys.argv[2]))
 
 @pytest.fixture(scope="module")
 def stage_folder(tmp_path_factory) -> Path:
-    """A checkout with its own `tasks` package: the launcher, the server, and a probe step."""
+    """A checkout with its own `tasks` package: the launcher, the server, a probe step, and steps
+    that import a package nobody installed and a project module that does not exist."""
     folder = tmp_path_factory.mktemp("stage")
     (folder / "tasks").mkdir()
-    for name in ("__init__.py", "run.py", "step_server.py"):
+    for name in ("__init__.py", "run.py", "step_server.py", "steps.py"):
         shutil.copy(REPO_ROOT / "tasks" / name, folder / "tasks" / name)
     (folder / "tasks" / "probe.py").write_text(PROBE)
+    (folder / "tasks" / "needs_a_package.py").write_text("import gendl_no_such_package\n")
+    (folder / "tasks" / "project_bug.py").write_text("import tasks.no_such_module\n")
     return folder
 
 
@@ -214,3 +218,76 @@ def test_a_dvc_command_on_the_server_does_what_python_m_dvc_does(server, stage_f
     bad = [dvc("repro", "--single-item", "bad", on_server=on_server) for on_server in (True, False)]
     assert bad[0].returncode == bad[1].returncode != 0
     assert "failing" in bad[0].stdout and "failed to reproduce 'bad'" in bad[0].stderr
+
+
+# --- A stage run by another interpreter than the project's -------------------------------------------
+
+NOT_INSTALLED = (
+    "{package} is not installed for {python} (the stage's python); activate the project's environment "
+    "first: source .venv/bin/activate (scripts/setup.sh creates it)"
+)
+
+
+def run_module(stage_folder: Path, module: str, env: dict, on_server: bool) -> subprocess.CompletedProcess:
+    if not on_server:
+        env = {key: value for key, value in env.items() if key != STEP_SERVER}
+    return subprocess.run(
+        [sys.executable, "-m", "tasks.run", module, "go"],
+        cwd=stage_folder, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("on_server", [True, False], ids=["on the server", "in its own process"])
+def test_a_step_needing_a_package_this_python_lacks_fails_with_one_line_naming_both(
+    server, stage_folder, on_server
+):
+    result = run_module(stage_folder, "tasks.needs_a_package", server["env"], on_server)
+
+    assert result.returncode == 1
+    reason = NOT_INSTALLED.format(package="gendl_no_such_package", python=sys.executable)
+    assert result.stderr.splitlines() == [f"error: {reason}"]
+    assert read_error(result.stderr.splitlines()) == (reason, False)  # what the flow's StageFailed says
+
+
+@pytest.mark.parametrize("on_server", [True, False], ids=["on the server", "in its own process"])
+def test_a_missing_project_module_is_a_bug_and_keeps_its_traceback(server, stage_folder, on_server):
+    result = run_module(stage_folder, "tasks.project_bug", server["env"], on_server)
+
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert "No module named 'tasks.no_such_module'" in result.stderr
+    assert read_error(result.stderr.splitlines()) is None
+
+
+def _python_without_numpy() -> str | None:
+    for python in ("/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3")):
+        if python and Path(python).is_file() and Path(python).resolve() != Path(sys.executable).resolve():
+            check = subprocess.run([python, "-c", "import numpy"], capture_output=True)
+            if check.returncode != 0:
+                return python
+    return None
+
+
+def test_a_real_stage_run_by_a_python_outside_the_venv_says_to_activate_it(tmp_path):
+    """What `dvc repro` does when `python` on PATH is not the venv's: the stage's command, with the
+    project's real step module, fails with one line instead of a ModuleNotFoundError traceback."""
+    python = _python_without_numpy()
+    if python is None:
+        pytest.skip("no Python without numpy on this machine")
+    shutil.copytree(REPO_ROOT / "tasks", tmp_path / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in (STEP_SERVER, "PYTHONPATH", "VIRTUAL_ENV")
+    }
+    result = subprocess.run(
+        [python, "-m", "tasks.run", "tasks.text.char_lstm.steps", "train"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    reason, retryable = read_error([line])
+    package = reason.split()[0]
+    assert reason == NOT_INSTALLED.format(package=package, python=python) and not retryable
