@@ -26,6 +26,7 @@ from keras import layers
 from tasks import storage
 from tasks.backbones import BackboneError, load_backbone
 from tasks.gan.params import GanError, GanPaths, load
+from tasks.image_batches import rotation_dataset
 from tasks.image_data import load_split
 from tasks.params import RuntimeParams
 from tasks.runtime import configure_runtime
@@ -33,6 +34,8 @@ from tasks.steps import run_steps
 from tasks.training import save_model_atomically
 
 log = logging.getLogger(__name__)
+
+BATCH_SIZE = 128  # the scoring classifier's
 
 
 def build_classifier(image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
@@ -46,13 +49,6 @@ def build_classifier(image_shape: tuple[int, int, int], num_classes: int) -> ker
     x = layers.Dense(128, activation="relu", name="features")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="classifier")
-
-
-def rotation_task(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unlabelled images (one class): predicting which of 4 rotations was applied teaches features
-    (Gidaris et al. 2018). Square images only, which the data step guarantees."""
-    rotated = np.concatenate([np.rot90(pixels, k, axes=(1, 2)) for k in range(4)])
-    return rotated, np.repeat(np.arange(4, dtype=np.int32), len(pixels))
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,23 +178,27 @@ def train_classifier(paths: GanPaths, epochs: int, runtime: RuntimeParams) -> di
     configure_runtime(runtime.seed, "float32", runtime.memory_growth, "default")
     train, test = load_split(paths.data / "train.npz"), load_split(paths.data / "test.npz")
     labelled = len(np.unique(train.labels)) > 1
-    (train_x, train_y), (test_x, test_y) = (
-        ((train.images, train.labels), (test.images, test.labels))
-        if labelled
-        else (rotation_task(train.images), rotation_task(test.images))
-    )
-    task = "labels" if labelled else "rotations"
-    classifier = build_classifier(train.images.shape[1:], int(max(train_y.max(), test_y.max())) + 1)
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1 if labelled else 4
+    classifier = build_classifier(train.images.shape[1:], num_classes)
     classifier.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    history = classifier.fit(
-        train_x.astype(np.float32) / 255.0,
-        train_y,
-        batch_size=128,
-        epochs=epochs,
-        shuffle=True,
-        validation_data=(test_x.astype(np.float32) / 255.0, test_y),
-        verbose=0,
-    )
+    if labelled:
+        history = classifier.fit(
+            train.images.astype(np.float32) / 255.0,
+            train.labels,
+            batch_size=BATCH_SIZE,
+            epochs=epochs,
+            shuffle=True,
+            validation_data=(test.images.astype(np.float32) / 255.0, test.labels),
+            verbose=0,
+        )
+    else:  # one class (the book's CelebA folder): which of 4 rotations was applied
+        history = classifier.fit(
+            rotation_dataset(train.images, BATCH_SIZE, shuffle=True, seed=runtime.seed),
+            epochs=epochs,
+            validation_data=rotation_dataset(test.images, BATCH_SIZE, shuffle=False),
+            verbose=0,
+        )
+    task = "labels" if labelled else "rotations"
     save_model_atomically(classifier, paths.classifier / "classifier.keras")
     metrics = {
         "task": task,

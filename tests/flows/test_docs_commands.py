@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tasks.params import dump_yaml, read_yaml
+from tasks.step_server import STEP_SERVER
 from tests.conftest import REPO_ROOT
 from tests.flows.conftest import GIT, make_repo_copy
 
@@ -242,6 +243,10 @@ def user_environment(root: Path, keras_home: Path, prefect_api_url: str) -> dict
         if not key.startswith(("MLFLOW_", "PREFECT_", "GENDL_", "DVC_"))
         and key not in ("PYTHONPATH", "VIRTUAL_ENV")
     }
+    # The package's step server (tests/flows/conftest.py) runs the stages' steps as their own
+    # processes would, without importing TensorFlow for each; it refuses what it could not run alike.
+    if STEP_SERVER in os.environ:
+        env[STEP_SERVER] = os.environ[STEP_SERVER]
     return {
         **env,
         "PATH": os.pathsep.join([str(venv / "bin"), env["PATH"]]),

@@ -47,7 +47,6 @@ from tasks.gan.score import (
     feature_statistics,
     features_of,
     frechet_distance,
-    rotation_task,
     score_features,
     train_classifier,
 )
@@ -63,7 +62,7 @@ from tasks.gan.steps import (
     work_folder,
 )
 from tasks.gan.steps import train as train_step
-from tasks.image_batches import image_dataset
+from tasks.image_batches import image_dataset, rotation_dataset
 from tasks.image_data import (
     DatasetError,
     Split,
@@ -731,18 +730,26 @@ def test_confidence_score_measures_the_real_share_with_the_float32_classifier(
     assert score.threshold == 0.1
 
 
-def test_rotation_task_rotates_each_image_four_ways_and_labels_the_rotation():
+def test_the_rotation_dataset_turns_each_image_four_ways_and_labels_the_rotation():
     pixels = np.arange(2 * 3 * 3 * 2, dtype=np.uint8).reshape(2, 3, 3, 2)  # no symmetries
 
-    rotated, labels = rotation_task(pixels)
+    batches = list(rotation_dataset(pixels, batch_size=3, shuffle=False).as_numpy_iterator())
 
-    assert rotated.shape == (8, 3, 3, 2)
+    assert [len(labels) for _, labels in batches] == [3, 3, 2]
+    rotated = np.concatenate([images for images, _ in batches])
+    labels = np.concatenate([labels for _, labels in batches])
     np.testing.assert_array_equal(labels, [0, 0, 1, 1, 2, 2, 3, 3])
-    assert labels.dtype == np.int32
+    assert rotated.dtype == np.float32 and labels.dtype == np.int32
     for k in range(4):
         for index in range(2):
-            np.testing.assert_array_equal(rotated[2 * k + index], np.rot90(pixels[index], k, axes=(0, 1)))
+            expected = np.rot90(pixels[index], k, axes=(0, 1)).astype(np.float32) / 255.0
+            np.testing.assert_allclose(rotated[2 * k + index], expected, rtol=1e-6)
     assert len({image.tobytes() for image in rotated}) == 8
+    shuffled = list(rotation_dataset(pixels, batch_size=8, shuffle=True, seed=1).as_numpy_iterator())
+    ((images, labels),) = shuffled
+    assert sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
+    for image, k in zip(images, labels):  # still each image with its own rotation's label
+        assert any(np.allclose(image, np.rot90(pixels[i], k, axes=(0, 1)) / 255.0) for i in range(2))
 
 
 def write_splits(paths: GanPaths, train: Split, test: Split) -> None:
