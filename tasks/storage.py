@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -13,6 +14,7 @@ import os
 import shutil
 import socket
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -107,6 +109,7 @@ def cached_download(url: str, sha256: str = "", subdir: str = "") -> Path:
         return cached
     import keras  # only to download: a step whose file is cached never loads TensorFlow
 
+    cached.parent.mkdir(parents=True, exist_ok=True)  # get_file would use /tmp/.keras instead
     try:
         with network_timeout():
             return Path(
@@ -114,14 +117,36 @@ def cached_download(url: str, sha256: str = "", subdir: str = "") -> Path:
                     filename,
                     origin=url,
                     file_hash=sha256 or None,
+                    cache_dir=str(keras_cache().parent),  # $KERAS_HOME now, not at Keras's import
                     cache_subdir=str(Path("datasets", subdir)),
                 )
             )
     # get_file re-raises URL and HTTP failures as bare `Exception`, so nothing narrower catches them.
     except Exception as error:
         raise DownloadError(
-            f"could not download {url}: {error}. Offline? {offline_hint(relative)}", retryable=True
+            f"could not download {url}: {error}. Offline? {offline_hint(relative)}",
+            retryable=is_transient(error),
         ) from None
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether trying a failed download again may help. Not without a network (the host name does
+    not resolve, the network is unreachable: the step fails at once) nor after an HTTP 4xx other
+    than 408 and 429; yes for the rest (a timeout, a refused or reset connection, an HTTP 5xx).
+    Keras's get_file re-raises the URLError as a bare Exception, so the cause is looked for along
+    the exception chain."""
+    while error is not None:
+        if isinstance(error, urllib.error.HTTPError):
+            return not (400 <= error.code < 500) or error.code in (408, 429)
+        if isinstance(error, urllib.error.URLError):
+            error = error.reason if isinstance(error.reason, BaseException) else None
+            continue
+        if isinstance(error, socket.gaierror):
+            return error.errno == socket.EAI_AGAIN
+        if isinstance(error, OSError) and error.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return False
+        error = error.__cause__ or error.__context__
+    return True
 
 
 def keras_cache() -> Path:

@@ -41,7 +41,9 @@ def float32_policy_for_each_test():
     import sys
 
     if "keras" in sys.modules:
-        sys.modules["keras"].mixed_precision.set_global_policy("float32")
+        import keras  # waits for an import still under way in a flow's background thread
+
+        keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +105,35 @@ def pytest_xdist_make_scheduler(config, log):
 
     config.option.loadscopereorder = False
     return GroupScheduling(config, log)
+
+
+@pytest.fixture
+def local_origin():
+    """A web server on 127.0.0.1 standing in for a download's origin: `serve(path, body, status=200)`
+    publishes a file and returns its URL."""
+    import http.server
+    import threading
+
+    files: dict[str, tuple[int, bytes]] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, body = files.get(self.path, (404, b"not found"))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def serve(path: str, body: bytes, status: int = 200) -> str:
+        files[f"/{path}"] = (status, body)
+        return f"http://127.0.0.1:{server.server_address[1]}/{path}"
+
+    yield serve
+    server.shutdown()
+    server.server_close()

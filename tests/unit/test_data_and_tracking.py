@@ -3,9 +3,12 @@ SQLite store."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
+import socket
 import time
+import urllib.error
 import uuid
 from pathlib import Path
 
@@ -94,6 +97,82 @@ def test_fetch_from_an_unreachable_url_fails_fast_naming_the_keras_cache(tmp_pat
     assert error.value.retryable
     assert not (tmp_path / "corpus.txt").exists()
     assert not (keras_home / "datasets" / name).exists(), "a partial download was left in the cache"
+
+
+def test_a_download_from_the_origin_lands_verified_in_the_keras_cache_and_is_used_offline_after(
+    tmp_path, monkeypatch, local_origin
+):
+    keras_home = tmp_path / "keras-home"
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    content = b"the will to power\n" * 100
+    url = local_origin("data/corpus.txt", content)
+
+    storage.fetch(url, tmp_path / "first.txt", sha256_hex(content))
+    local_origin("data/corpus.txt", b"the origin is gone", status=404)
+    storage.fetch(url, tmp_path / "second.txt", sha256_hex(content))
+
+    assert (keras_home / "datasets" / "corpus.txt").read_bytes() == content
+    assert (tmp_path / "first.txt").read_bytes() == (tmp_path / "second.txt").read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"), [(404, False), (403, False), (429, True), (503, True), (500, True)]
+)
+def test_an_http_error_is_retried_only_when_the_server_may_answer_later(
+    tmp_path, monkeypatch, local_origin, status, retryable
+):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    url = local_origin(f"data/{uncached_name()}", b"an error page", status=status)
+
+    with pytest.raises(storage.DownloadError) as error:
+        storage.fetch(url, tmp_path / "corpus.txt")
+
+    assert url in str(error.value) and str(status) in str(error.value)
+    assert error.value.retryable is retryable
+    assert not (tmp_path / "corpus.txt").exists()
+    assert not list((tmp_path / "keras-home" / "datasets").glob("*")), "a partial download was kept"
+
+
+def test_without_a_network_a_download_fails_at_once_and_is_not_retried(tmp_path, monkeypatch):
+    """A host name that cannot resolve is what a machine without a network sees (`.invalid` never
+    resolves, RFC 6761): trying again cannot help, so the flow does not retry the stage."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    url = f"https://gendl-test.invalid/{uncached_name()}"
+    started = time.perf_counter()
+
+    with pytest.raises(storage.DownloadError) as error:
+        storage.fetch(url, tmp_path / "corpus.txt")
+
+    assert time.perf_counter() - started < 10
+    assert url in str(error.value) and "KERAS_HOME" in str(error.value)
+    assert not error.value.retryable
+
+
+def url_error(reason: BaseException) -> Exception:
+    """What keras.utils.get_file raises: a bare Exception raised while handling the URLError."""
+    try:
+        raise urllib.error.URLError(reason)
+    except urllib.error.URLError as error:
+        try:
+            raise Exception(f"URL fetch failure on x: None -- {error.reason}")
+        except Exception as raised:
+            return raised
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (url_error(socket.gaierror(socket.EAI_NONAME, "Name or service not known")), False),
+        (url_error(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")), True),
+        (url_error(OSError(errno.ENETUNREACH, "Network is unreachable")), False),
+        (url_error(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")), True),
+        (url_error(TimeoutError("timed out")), True),
+        (Exception("no cause at all"), True),
+    ],
+    ids=["no-such-host", "dns-busy", "network-unreachable", "refused", "timeout", "unknown"],
+)
+def test_offline_failures_are_not_transient_and_the_others_are(error, transient):
+    assert storage.is_transient(error) is transient
 
 
 def test_failed_fetch_leaves_an_existing_destination_intact(tmp_path, source):
@@ -337,7 +416,10 @@ def test_rows_round_trip_with_columns_in_order_of_appearance(tmp_path):
     storage.write_rows(path, rows)
 
     assert path.read_text().splitlines()[0] == "epoch,loss,frechet_distance"
-    assert storage.read_rows(path) == [{"epoch": 1.0, "loss": 2.5}, {"epoch": 2.0, "loss": 2.0, "frechet_distance": 12.0}]
+    assert storage.read_rows(path) == [
+        {"epoch": 1.0, "loss": 2.5},
+        {"epoch": 2.0, "loss": 2.0, "frechet_distance": 12.0},
+    ]
     assert [p.name for p in path.parent.iterdir()] == ["epochs.csv"], "a temporary file was left behind"
     assert storage.read_rows(tmp_path / "missing.csv") == []
 
