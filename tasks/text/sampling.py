@@ -44,15 +44,41 @@ def entropy_bits(log_probs):
 def truncated_log_probs(log_probs, top_k, top_p):
     """`log_probs` (batch, vocab) restricted per row to its `top_k` likeliest tokens (0 = all) and to
     the nucleus, the fewest likeliest tokens whose probability reaches `top_p` (1 = all), then
-    renormalised. The likeliest token is always kept; tokens tied with the last one kept stay too."""
-    vocab_size = ops.shape(log_probs)[-1]
+    renormalised. The likeliest token is always kept; tokens tied with the last one kept stay too.
+
+    Only the rows that ask for a filter pay for one: top-k alone takes each row's k-th largest
+    (`top_k`), the nucleus sorts its own rows."""
+    top_k, top_p = ops.convert_to_tensor(top_k, "int32"), ops.convert_to_tensor(top_p, "float32")
+    threshold = ops.full(ops.shape(log_probs)[:1], -np.inf)
+    only_k = ops.nonzero((top_k > 0) & (top_p >= 1.0))[0]
+    threshold = ops.scatter_update(
+        threshold, only_k[:, None], kth_largest(ops.take(log_probs, only_k, axis=0), ops.take(top_k, only_k))
+    )
+    nucleus = ops.nonzero(top_p < 1.0)[0]
+    threshold = ops.scatter_update(
+        threshold,
+        nucleus[:, None],
+        nucleus_threshold(
+            ops.take(log_probs, nucleus, axis=0), ops.take(top_k, nucleus), ops.take(top_p, nucleus)
+        ),
+    )
+    kept = ops.where(log_probs >= threshold[:, None], log_probs, -np.inf)
+    return kept - ops.logsumexp(kept, axis=-1, keepdims=True)
+
+
+def kth_largest(log_probs, k):
+    """Each row's `k`-th largest value (k >= 1; all of a row's values for k beyond them)."""
+    k = ops.minimum(k, ops.shape(log_probs)[-1])
+    largest = ops.top_k(log_probs, ops.max(k, initial=1))[0]
+    return ops.take_along_axis(largest, ops.expand_dims(k - 1, -1), axis=-1)[:, 0]
+
+
+def nucleus_threshold(log_probs, top_k, top_p):
+    """Each row's smallest kept value: the nucleus of mass `top_p`, at most `top_k` tokens (0 = no
+    cap), at least one."""
     descending = ops.flip(ops.sort(log_probs, axis=-1), axis=-1)
     probs = ops.exp(descending)
     mass_before = ops.cumsum(probs, axis=-1) - probs
-    in_nucleus = ops.sum(ops.cast(mass_before < ops.expand_dims(top_p, -1), "int32"), axis=-1)
-    num_kept = ops.where(top_p < 1.0, in_nucleus, vocab_size)
-    num_kept = ops.where(top_k > 0, ops.minimum(num_kept, top_k), num_kept)
-    num_kept = ops.maximum(num_kept, 1)
-    threshold = ops.take_along_axis(descending, ops.expand_dims(num_kept - 1, -1), axis=-1)
-    kept = ops.where(log_probs >= threshold, log_probs, -np.inf)
-    return kept - ops.logsumexp(kept, axis=-1, keepdims=True)
+    num_kept = ops.sum(ops.cast(mass_before < ops.expand_dims(top_p, -1), "int32"), axis=-1)
+    num_kept = ops.maximum(ops.where(top_k > 0, ops.minimum(num_kept, top_k), num_kept), 1)
+    return ops.take_along_axis(descending, ops.expand_dims(num_kept - 1, -1), axis=-1)[:, 0]

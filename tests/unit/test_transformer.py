@@ -375,7 +375,7 @@ def renormalised(log_probs: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return kept_log_probs - np.log(np.exp(kept_log_probs).sum())
 
 
-@pytest.mark.parametrize("top_k", [1, 2, 7, 29, 30])
+@pytest.mark.parametrize("top_k", [1, 2, 7, 29, 30, 45])
 def test_top_k_keeps_exactly_the_k_likeliest_tokens(top_k):
     log_probs = random_log_probs(6, 30, seed=top_k)
     assert all(len(np.unique(row)) == 30 for row in log_probs), "no ties"
