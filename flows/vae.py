@@ -18,7 +18,8 @@ from prefect import flow, task
 from flows.cli import REPO_ROOT, exit_without_teardown, run_cli
 from flows.registry import TECHNIQUES
 from flows.technique_run import SweepPoint, raise_if_failed, technique_run
-from tasks import grid, tracking
+from tasks import grid
+from tasks.kept_epoch import kept_model_line
 from tasks.vae import log
 from tasks.vae.params import VaePaths
 
@@ -78,7 +79,7 @@ def summarize(
         line = (
             f"- `{point['label']}`: test loss {metrics['test_total_loss']:.2f} per image (reconstruction "
             f"{metrics['test_reconstruction_loss']:.2f} + KL {metrics['test_kl_loss']:.2f}), "
-            f"{metrics['seconds_per_epoch']:.1f} s/epoch; {tracking.kept_model_line(metrics, 'val_total_loss')}"
+            f"{metrics['seconds_per_epoch']:.1f} s/epoch; {kept_model_line(metrics, 'val_total_loss')}"
         )
         if concepts:
             line += "; concept target share " + ", ".join(

@@ -130,35 +130,6 @@ def log_metric_rows(
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
-def kept_model_line(metrics: Mapping[str, float], monitored: str) -> str:
-    """Which epoch's model training kept, and why, from the `kept_*`, `best_*`, `final_*` metrics
-    of tasks/training.py's KeptEpoch; the failure or early stop that ended training, if any."""
-    kept, best, final = (int(metrics.get(f"{which}_epoch", 0)) for which in ("kept", "best", "final"))
-    if not kept:
-        return "no model kept: no epoch ended with finite losses"
-    value = metrics[f"kept_{monitored}"]
-    if kept == best:
-        line = f"kept the model of epoch {kept}, the lowest {monitored} ({value:.4g})"
-        if final != kept:
-            line += f"; the last epoch, {final}, reached {metrics[f'final_{monitored}']:.4g}"
-    else:
-        line = (
-            f"kept the model of epoch {kept}, the last to end healthy ({monitored} {value:.4g}; keep: last); "
-            f"the lowest was {metrics[f'best_{monitored}']:.4g} at epoch {best}"
-        )
-    endings = {
-        "diverged_at_epoch": "loss became NaN in epoch {}",
-        "blown_up_at_epoch": "loss blew up in epoch {}",
-        "stopped_early_at_epoch": "stopped early after epoch {} (no better {monitored} for `patience` epochs)",
-    }
-    notes = [
-        text.format(int(metrics[key]), monitored=monitored)
-        for key, text in endings.items()
-        if metrics.get(key)
-    ]
-    return line + "".join(f"; {note}" for note in notes)
-
-
 def import_keras_in_background() -> None:
     """Start importing Keras and MLflow's keras flavor (~4 s) in a thread of this process, once, for
     `log_keras_model` later: a flow starts it while a stage runs and the flow's process only waits.

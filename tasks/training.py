@@ -15,6 +15,7 @@ from typing import NamedTuple
 import keras
 
 from tasks import storage
+from tasks.kept_epoch import kept_model_line
 from tasks.params import BlowupParams, EpochChoiceParams
 
 log = logging.getLogger(__name__)
@@ -137,20 +138,6 @@ class KeptEpoch(keras.callbacks.Callback):
             f"final_{name}": self.final[1],
         }
 
-    def reason(self) -> str:
-        """One line on which epoch is kept and why."""
-        kept_epoch, kept_value = self.kept
-        if not kept_epoch:
-            return "no epoch ended healthy: no model kept"
-        why = (
-            f"the lowest {self.monitor} ({kept_value:.4g})"
-            if self.keep == "best"
-            else f"the last healthy epoch ({self.monitor} {kept_value:.4g}; keep: last)"
-        )
-        final_epoch, final_value = self.final
-        after = f", final epoch {final_epoch}: {final_value:.4g}" if final_epoch != kept_epoch else ""
-        return f"keeping the model of epoch {kept_epoch}: {why}{after}"
-
 
 class EpochChoice(NamedTuple):
     """The callbacks that guard training and choose the kept epoch (`callbacks`, in their order)."""
@@ -252,10 +239,9 @@ def restore_kept_epoch(
     )
     if not kept.kept[0]:
         raise error(f"{failure or 'no epoch ended healthy'}, before any epoch was kept: {fix}")
-    if failure:
-        log.warning("%s: stopped; %s", failure, kept.reason())
-    else:
-        log.info("%s", kept.reason())
+    log.log(
+        logging.WARNING if failure else logging.INFO, "%s", kept_model_line(choice.outcome(), kept.monitor)
+    )
     if kept.kept[0] != kept.epochs_run:
         model.load_weights(checkpoint)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 
 from tasks import tracking
+from tasks.kept_epoch import kept_model_line
 from tasks.storage import read_history
 
 
@@ -22,7 +23,7 @@ def log_history_and_epoch_samples(
     tracking.log_metric_rows(run_id, read_history(history), step_key="epoch")
     metrics = json.loads(train_metrics.read_text())
     tracking.log_metrics(run_id, {f"train.{key}": value for key, value in metrics.items()})
-    tracking.set_tags(run_id, {"train.kept_model": tracking.kept_model_line(metrics, monitored_loss(metrics))})
+    tracking.set_tags(run_id, {"train.kept_model": kept_model_line(metrics, monitored_loss(metrics))})
     records = json.loads(epoch_samples.read_text(encoding="utf-8"))
     if records:
         log_epoch_samples(run_id, records)

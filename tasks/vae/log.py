@@ -16,6 +16,7 @@ from mlflow.types import Schema, TensorSpec
 
 from tasks import champion, grid, tracking
 from tasks.image_data import read_summary
+from tasks.kept_epoch import kept_model_line
 from tasks.storage import read_history
 from tasks.vae.params import VaePaths
 
@@ -42,9 +43,7 @@ def log_training(parent_run_id: str, experiment_id: str, paths: VaePaths) -> dic
             ]
             tracking.log_metric_rows(run_id, rows, step_key="epoch")
             tracking.log_metrics(run_id, {**metrics, "test_negative_elbo": negative_elbo(metrics)})
-            tracking.set_tags(
-                run_id, {"train.kept_model": tracking.kept_model_line(metrics, "val_total_loss")}
-            )
+            tracking.set_tags(run_id, {"train.kept_model": kept_model_line(metrics, "val_total_loss")})
             folder = paths.models / result["name"]
             if (folder / "decoder.keras").is_file():
                 latent = TensorSpec(np.dtype("float32"), (-1, point["latent_dim"]), "z")

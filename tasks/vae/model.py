@@ -26,6 +26,7 @@ from keras import layers, ops
 
 from tasks.image_batches import image_dataset
 from tasks.image_data import Split
+from tasks.kept_epoch import kept_model_line
 from tasks.params import BlowupParams, EpochChoiceParams, RuntimeParams
 from tasks.runtime import configure_runtime
 from tasks.storage import read_history
@@ -201,7 +202,7 @@ def train_point(
     seconds = time.perf_counter() - started
     rows = read_history(history_path)
     outcome = chosen.outcome()
-    log.info("%s", chosen.kept.reason())
+    log.info("%s", kept_model_line(outcome, chosen.kept.monitor))
     kept = rows[outcome["kept_epoch"] - 1] if outcome["kept_epoch"] else {}
     return {
         **outcome,

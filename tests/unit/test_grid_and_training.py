@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tasks import grid, images
+from tasks.kept_epoch import kept_model_line
 from tasks.training import NanGuard, all_finite
 
 
@@ -79,12 +80,53 @@ def test_nan_guard_stops_at_the_bad_batch_and_keeps_the_last_good_epoch():
         batch_size=8,
         epochs=5,
         verbose=0,
-        callbacks=[PoisonAfter(), guard, keras.callbacks.LambdaCallback(on_batch_end=lambda batch, logs: batches.append(batch))],
+        callbacks=[
+            PoisonAfter(),
+            guard,
+            keras.callbacks.LambdaCallback(on_batch_end=lambda batch, logs: batches.append(batch)),
+        ],
     )
 
     assert saved == [1, 2]
     assert guard.last_good_epoch == 2 and guard.diverged_at_epoch == 3
     assert len(batches) == 8 + 8 + 2, "training went on after the NaN batch"
+
+
+def kept_metrics(kept, best, final, **endings) -> dict[str, float]:
+    losses = {1: 3.0, 2: 2.0, 3: 2.5, 4: 2.8}
+    return {
+        **{f"{which}_epoch": epoch for which, epoch in (("kept", kept), ("best", best), ("final", final))},
+        **{
+            f"{which}_val_loss": losses.get(epoch, math.nan)
+            for which, epoch in (("kept", kept), ("best", best), ("final", final))
+        },
+        **endings,
+    }
+
+
+@pytest.mark.parametrize(
+    ("metrics", "line"),
+    [
+        (kept_metrics(2, 2, 2), "kept the model of epoch 2, the lowest val_loss (2)"),
+        (
+            kept_metrics(2, 2, 4),
+            "kept the model of epoch 2, the lowest val_loss (2); the last epoch, 4, reached 2.8",
+        ),
+        (
+            kept_metrics(4, 2, 4, stopped_early_at_epoch=4),
+            "kept the model of epoch 4, the last to end healthy (val_loss 2.8; keep: last); the lowest was 2 "
+            "at epoch 2; stopped early after epoch 4 (no better val_loss for `patience` epochs)",
+        ),
+        (
+            kept_metrics(2, 2, 3, blown_up_at_epoch=4),
+            "kept the model of epoch 2, the lowest val_loss (2); the last epoch, 3, reached 2.5; loss blew up in epoch 4",
+        ),
+        (kept_metrics(0, 0, 0, diverged_at_epoch=1), "no model kept: no epoch ended with finite losses"),
+    ],
+    ids=["best-is-last", "best-before-last", "keep-last-stopped-early", "blown-up", "none"],
+)
+def test_the_kept_model_line_says_which_epoch_why_and_how_training_ended(metrics, line):
+    assert kept_model_line(metrics, "val_loss") == line
 
 
 def test_mosaic_tiles_row_major_and_leaves_empty_cells_white():

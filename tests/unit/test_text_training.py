@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
+from tasks.kept_epoch import kept_model_line
 from tasks.params import BlowupParams, EpochChoiceParams, RuntimeParams
 from tasks.runtime import choose_strategy, configure_runtime
 from tasks.storage import read_history, under
@@ -239,7 +240,7 @@ def test_the_kept_epoch_is_the_best_or_the_last_healthy_one(keep, saved, kept):
     assert (summary["best_epoch"], summary["best_val_loss"]) == (2, 2.0)
     assert (summary["final_epoch"], summary["final_val_loss"]) == (4, 2.8)
     assert summary["kept_val_loss"] == [3.0, 2.0, 2.5, 2.8][kept - 1]
-    assert f"epoch {kept}" in keeper.reason()
+    assert kept_model_line(summary, "val_loss").startswith(f"kept the model of epoch {kept}")
 
 
 def test_training_keeps_the_model_of_the_epoch_it_names(tmp_path, tiny_corpus, monkeypatch):
@@ -335,7 +336,7 @@ def test_a_loss_that_blows_up_stops_training_and_keeps_the_last_healthy_epoch(
     assert metrics["blown_up_at_epoch"] == 3 and len(history) == 3, "training went on after the blow-up"
     assert all(math.isfinite(row["loss"]) for row in history), "the guard should act before any NaN"
     assert metrics["kept_epoch"] == 2 and metrics["epochs_completed"] == 2
-    assert "loss blew up in epoch 3" in caplog.text and "keeping the model of epoch 2" in caplog.text
+    assert "loss blew up in epoch 3" in caplog.text and "kept the model of epoch 2" in caplog.text
 
 
 # --- The sample step ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from tasks import champion, tracking
+from tasks.kept_epoch import kept_model_line
 from tasks.text.char_lstm.params import TextPaths
 from tasks.text.corpus import corpus_seed, load_prepared, read_vocabulary
 from tasks.text.log import log_history_and_epoch_samples, monitored_loss
@@ -82,7 +83,7 @@ def summary(paths: TextPaths, train_metrics: dict[str, Any], run_id: str, tracki
         f"- MLflow run `{run_id}` ({tracking_uri})",
         f"- model: `{paths.model}`; samples: `{paths.samples}`; metrics: `{paths.train_metrics}`, "
         f"`{paths.sample_metrics}`",
-        f"- {tracking.kept_model_line(train_metrics, monitored_loss(train_metrics))}",
+        f"- {kept_model_line(train_metrics, monitored_loss(train_metrics))}",
         "",
         f"Seed: `{samples[0]['seed']!r}`" if samples else "",
     ]

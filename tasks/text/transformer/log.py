@@ -15,6 +15,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from tasks import champion, tracking
+from tasks.kept_epoch import kept_model_line
 from tasks.text.log import log_history_and_epoch_samples, monitored_loss
 from tasks.text.transformer.params import TransformerPaths
 
@@ -89,7 +90,7 @@ def summary(paths: TransformerPaths, train_metrics: dict[str, Any], run_id: str,
         f"- MLflow run `{run_id}` ({tracking_uri})",
         f"- model: `{paths.model}`; samples: `{paths.samples}`; metrics: `{paths.train_metrics}`, "
         f"`{paths.sample_metrics}`",
-        f"- {tracking.kept_model_line(train_metrics, monitored)}: perplexity {perplexity:.1f}",
+        f"- {kept_model_line(train_metrics, monitored)}: perplexity {perplexity:.1f}",
         f"- sampling: {words_per_second:,.0f} words/s",
         "",
     ]
