@@ -54,6 +54,7 @@ from benchmarks.harness import (
     operation_flops,
     parse_policies,
     peak_rss_bytes,
+    policy_goal_not_measured,
     run_in_child,
     timed,
     write_results,
@@ -793,10 +794,7 @@ def implementation_name(name: str, run: dict[str, Any]) -> str:
 def goal_line(record: dict[str, Any], runs: dict[str, Any]) -> str:
     policy = record["policy"]
     if not record["measured"]:
-        return (
-            f"Goal (issue 15): {record['goal']} under {policy}, this machine's default: not measured "
-            f"(add {policy} to --policies)."
-        )
+        return policy_goal_not_measured(record)
     others = "; ".join(
         f"{implementation_name(name, runs[name]).removeprefix('gendl: `dream`, ')}: {speedup:.2f}x"
         for name, speedup in record["speedups"].items()

@@ -52,6 +52,7 @@ from benchmarks.harness import (
     mib,
     parse_policies,
     per_run,
+    policy_goal_not_measured,
     run_in_child,
     time_calls,
     timed,
@@ -644,10 +645,7 @@ def model_table(training: dict[str, Any]) -> str:
 def goal_line(record: dict[str, Any], training: dict[str, Any]) -> str:
     policy = record["policy"]
     if not record["measured"]:
-        return (
-            f"Goal (issue 15): {record['goal']} under {policy}, this machine's default: not measured "
-            f"(add {policy} to --policies)."
-        )
+        return policy_goal_not_measured(record)
     gendl, book = training[f"gendl_{policy}"], training["book"]
     return (
         f"Goal (issue 15): {record['goal']} under {policy}, this machine's default: "

@@ -234,6 +234,14 @@ def parse_policies(text: str, known: Sequence[str] = DTYPE_POLICIES, allow_none:
     return policies
 
 
+def policy_goal_not_measured(record: dict[str, Any]) -> str:
+    """Issue 15's goal line when its policy (this machine's default) was left out of --policies."""
+    return (
+        f"Goal (issue 15): {record['goal']} under {record['policy']}, this machine's default: not measured "
+        f"(add {record['policy']} to --policies)."
+    )
+
+
 # --- Results ----------------------------------------------------------------------------------
 
 
