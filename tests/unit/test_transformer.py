@@ -445,6 +445,30 @@ def test_padding_is_never_drawn_even_when_the_model_predicts_it_most():
     np.testing.assert_array_equal(ids[greedy], distributions[greedy][..., 1:].argmax(axis=-1) + 1)
 
 
+def test_without_draw_unknown_unk_is_never_drawn_and_the_other_words_keep_their_ratios():
+    bias = np.zeros(VOCAB_SIZE)
+    bias[1] = 6.0  # [UNK] the likeliest word by far, as in a small vocabulary
+    model = with_head_bias(tiny_model(seed=4), bias)
+    rows = [(0.2, 0, 1.0), (1.0, 0, 1.0), (1.5, 0, 1.0), (1.0, 5, 1.0), (1.0, 0, 0.6)] * 8
+    drawn = {}
+    for draw_unknown in (True, False):
+        generator = make_generator(model, draw_unknown=draw_unknown, return_distributions=True)
+        drawn[draw_unknown] = run_generator(
+            generator, [[5, 6, 7]] * len(rows), *zip(*rows), num_words=8, seed=3
+        )
+
+    with_unknown, without_unknown = drawn[True][0], drawn[False][0]
+    assert (with_unknown == 1).mean() > 0.3, "the book's way draws [UNK] often here"
+    assert (without_unknown != 1).all() and (without_unknown != 0).all()
+    # At T=1 without filters, the row draws from the model's words after [UNK]: its entropy is that of
+    # the prediction with padding and [UNK] left out and the rest renormalised.
+    distributions, entropies = drawn[False][2], drawn[False][1]
+    words = distributions[1::5, :, 2:].astype(np.float64)
+    words /= words.sum(axis=-1, keepdims=True)
+    expected = -(words * np.log2(np.where(words > 0, words, 1))).sum(axis=-1)
+    np.testing.assert_allclose(entropies[1::5], expected, rtol=1e-4, atol=1e-5)
+
+
 def test_a_model_certain_of_padding_draws_uniformly_over_the_words():
     """Every word's probability underflows to 0 in float32: the sampler falls back to a uniform draw
     over the words (never padding) instead of sampling from a row of NaN."""
@@ -648,6 +672,7 @@ def test_sample_writes_one_entry_per_sampler_with_its_texts_and_metrics(trained)
         temperatures=[0.5, 1.0],
         samplers=[Sampler(temperature=1.0, top_k=3), Sampler(temperature=1.0, top_p=0.5)],
         unknown_prompt="generate",
+        draw_unknown=True,
     )
 
     results = sample_texts(paths, sample, RUNTIME)
@@ -677,7 +702,12 @@ def test_sample_rejects_a_prompt_of_unknown_words_by_default_writing_nothing(tra
     paths, _ = trained
     paths = dataclasses.replace(paths, samples=tmp_path / "samples", sample_metrics=tmp_path / "metrics.json")
     sample = TransformerSampleParams(
-        prompts=["the will to", "zzyzx"], num_words=3, temperatures=[1.0], samplers=[], unknown_prompt="fail"
+        prompts=["the will to", "zzyzx"],
+        num_words=3,
+        temperatures=[1.0],
+        samplers=[],
+        unknown_prompt="fail",
+        draw_unknown=True,
     )
 
     with pytest.raises(TextError, match="unknown_prompt"):
@@ -700,6 +730,7 @@ def test_sample_rejects_a_prompt_of_unknown_words_by_default_writing_nothing(tra
         ({"prompt": "the will", "temperature": "hot", "length": 5}, "hot"),
         ({"prompt": "the will", "temperature": 1.0, "length": 5, "top_k": 0}, "top_k"),
         ({"prompt": "the will", "temperature": 1.0, "length": 5, "top_p": 1.5}, "top_p"),
+        ({"prompt": "the will", "temperature": 1.0, "length": 5, "draw_unknown": "no"}, "draw_unknown"),
     ],
 )
 def test_check_request_rejects_a_bad_row_naming_it(row, named):
@@ -711,7 +742,7 @@ def test_check_request_rejects_a_bad_row_naming_it(row, named):
 
 
 def test_check_request_reads_a_good_row():
-    prompt, sampler, length, seed = serving.check_request(
+    prompt, sampler, length, seed, draw_unknown = serving.check_request(
         {
             "prompt": "the will",
             "temperature": 0.7,
@@ -719,12 +750,14 @@ def test_check_request_reads_a_good_row():
             "top_k": 4.0,
             "top_p": None,
             "seed": 9,
+            "draw_unknown": np.False_,
         },
         1,
     )
 
-    assert (prompt, length, seed) == ("the will", 5, 9)
+    assert (prompt, length, seed, draw_unknown) == ("the will", 5, 9, False)
     assert sampler == Sampler(temperature=0.7, top_k=4)
+    assert serving.check_request({"prompt": "x", "temperature": 1.0, "length": 1}, 1)[4] is True  # the book's
 
 
 @pytest.fixture(scope="module")
@@ -758,6 +791,30 @@ def test_the_served_model_generates_length_words_per_row(served):
     assert [len(text.split()) for text in texts] == [4, 6, 4]
     assert texts[0] == texts[2]  # same prompt, sampler and seed
     assert served.unwrap_python_model().vocabulary.sequence_length == SEQUENCE_LENGTH
+
+
+def test_the_served_model_takes_draw_unknown_per_row(served, monkeypatch):
+    model = served.unwrap_python_model()
+    used = []
+    for draw_unknown, generator in model.generators.items():
+        monkeypatch.setitem(
+            model.generators,
+            draw_unknown,
+            lambda *args, g=generator, d=draw_unknown: used.append(d) or g(*args),
+        )
+    request = pd.DataFrame(
+        {
+            "prompt": ["the will to"] * 2,
+            "temperature": [1.0] * 2,
+            "length": [3] * 2,
+            "draw_unknown": [False, True],
+        }
+    )
+
+    texts = served.predict(request)["text"].tolist()
+
+    assert used == [False, True]
+    assert [len(text.split()) for text in texts] == [3, 3]
 
 
 def test_the_served_model_answers_a_prompt_too_long_for_it_with_an_error_naming_the_row(served):

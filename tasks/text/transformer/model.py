@@ -30,7 +30,7 @@ from keras import layers, ops
 from tasks.text.corpus import TextError
 from tasks.text.sampling import entropy_bits, reweighted_log_probs, truncated_log_probs
 from tasks.text.transformer.params import Sampler
-from tasks.text.transformer.vectorize import PADDING, WordVocabulary
+from tasks.text.transformer.vectorize import PADDING, UNKNOWN, WordVocabulary
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +148,13 @@ def language_model_dataset(sequences: np.ndarray, batch_size: int, shuffle: bool
 # --- Generating text ------------------------------------------------------------------------
 
 
-def make_generator(model: keras.Model, return_distributions: bool = False):
+def make_generator(model: keras.Model, draw_unknown: bool = True, return_distributions: bool = False):
     """A compiled `generate(prompt_ids, prompt_lengths, temperatures, top_k, top_p, num_words,
     rng_seed)` for `model`: one row per prompt and sampler.
 
     `prompt_ids` (batch, prompt) are right-padded with 0, `prompt_lengths` (batch,) count the real
-    words; `top_k` 0 and `top_p` 1 turn those filters off. The prompts run through the model once,
+    words; `top_k` 0 and `top_p` 1 turn those filters off. Padding is never drawn, nor [UNK] unless
+    `draw_unknown` (the book draws it like any word). The prompts run through the model once,
     which gives the keys and values of both attentions at every prompt position; each new word then
     appends its own (a KV cache), so a step computes one position. Returns the drawn ids (batch,
     num_words), the entropy in bits of each distribution drawn from (batch, num_words) and, with
@@ -218,7 +219,9 @@ def make_generator(model: keras.Model, return_distributions: bool = False):
             for tensor in keys_and_values(embedded)
         ]
         visible = columns >= shift
-        never_padding = 1.0 - tf.one_hot(PADDING, vocab_size)
+        drawable = 1.0 - tf.one_hot(PADDING, vocab_size)
+        if not draw_unknown:
+            drawable -= tf.one_hot(UNKNOWN, vocab_size)
         filtered = tf.reduce_any(top_k > 0) | tf.reduce_any(top_p < 1.0)
         chosen = tf.TensorArray(tf.int32, size=num_words)
         entropies = tf.TensorArray(tf.float32, size=num_words)
@@ -230,9 +233,9 @@ def make_generator(model: keras.Model, return_distributions: bool = False):
                     (visible, tf.TensorShape([None, None])),
                 ]
             )
-            words = probs * never_padding
+            words = probs * drawable
             # A model sure of padding can leave no word any float32 mass: then draw uniformly.
-            words = tf.where(tf.reduce_sum(words, axis=-1, keepdims=True) > 0, words, never_padding)
+            words = tf.where(tf.reduce_sum(words, axis=-1, keepdims=True) > 0, words, drawable)
             log_probs = reweighted_log_probs(words, temperatures[:, None])
             if filtered:
                 log_probs = truncated_log_probs(log_probs, top_k, top_p)

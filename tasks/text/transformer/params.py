@@ -84,6 +84,7 @@ class TransformerSampleParams(Params):
     temperatures: list[Temperature]  # pure temperature sampling, one child run each
     samplers: list[Sampler]  # top-k / top-p samplers besides them
     unknown_prompt: Literal["fail", "generate"]  # a prompt of only out-of-vocabulary words
+    draw_unknown: bool  # whether [UNK] may be drawn (the book: yes, like any word)
 
     @pydantic.model_validator(mode="after")
     def _some_distinct_samplers(self) -> TransformerSampleParams:

@@ -36,6 +36,7 @@ SIGNATURE = ModelSignature(
             ColSpec(DataType.long, "top_k", required=False),  # none = every word
             ColSpec(DataType.double, "top_p", required=False),  # none = 1
             ColSpec(DataType.long, "seed", required=False),  # same seed, same text; none = random
+            ColSpec(DataType.boolean, "draw_unknown", required=False),  # may [UNK] be drawn; none = yes
         ]
     ),
     outputs=Schema([ColSpec(DataType.string, "text")]),
@@ -52,17 +53,20 @@ class TransformerGenerator(PythonModel):
 
     def load_context(self, context) -> None:
         self.vocabulary = read_vocabulary(Path(context.artifacts["vocabulary"]))
-        self.generator = make_generator(keras.models.load_model(context.artifacts["model"]))
+        model = keras.models.load_model(context.artifacts["model"])
+        self.generators = {
+            draw_unknown: make_generator(model, draw_unknown) for draw_unknown in (True, False)
+        }
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         texts = []
         for number, row in enumerate(model_input.to_dict("records"), start=1):
-            prompt, sampler, length, seed = check_request(row, number)
+            prompt, sampler, length, seed, draw_unknown = check_request(row, number)
             try:
                 [generated] = generate_texts(
-                    self.generator, self.vocabulary, [prompt], [sampler], length, seed
+                    self.generators[draw_unknown], self.vocabulary, [prompt], [sampler], length, seed
                 )
             except StepError as error:  # a prompt with no known word, or too long for the model
                 raise MlflowException.invalid_parameter_value(f"row {number}: {error}") from None
@@ -70,8 +74,9 @@ class TransformerGenerator(PythonModel):
         return pd.DataFrame({"text": texts})
 
 
-def check_request(row: dict[str, Any], number: int) -> tuple[str, Sampler, int, int]:
-    """(prompt, sampler, length, seed) of request row `number`, or an error (HTTP 400) naming what to fix."""
+def check_request(row: dict[str, Any], number: int) -> tuple[str, Sampler, int, int, bool]:
+    """(prompt, sampler, length, seed, draw_unknown) of request row `number`, or an error (HTTP 400)
+    naming what to fix."""
 
     def given(key: str) -> Any:
         value = row.get(key)
@@ -100,4 +105,9 @@ def check_request(row: dict[str, Any], number: int) -> tuple[str, Sampler, int, 
         raise MlflowException.invalid_parameter_value(f"row {number}: {problems or error}") from None
     seed = given("seed")
     seed = int(np.random.default_rng().integers(2**31 - 1)) if seed is None else int(seed) % (2**31 - 1)
-    return prompt, sampler, int(length), seed
+    draw_unknown = given("draw_unknown")
+    if draw_unknown is not None and not isinstance(draw_unknown, (bool, np.bool_)):
+        raise MlflowException.invalid_parameter_value(
+            f"row {number}: draw_unknown must be true or false, got {draw_unknown!r}"
+        )
+    return prompt, sampler, int(length), seed, draw_unknown is None or bool(draw_unknown)

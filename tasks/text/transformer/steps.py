@@ -112,7 +112,10 @@ def train_transformer(
     perplexity = monitored.replace("loss", "perplexity")
     metrics = {
         **outcome,
-        **{f"{which}_{perplexity}": math.exp(outcome[f"{which}_{monitored}"]) for which in ("kept", "best", "final")},
+        **{
+            f"{which}_{perplexity}": math.exp(outcome[f"{which}_{monitored}"])
+            for which in ("kept", "best", "final")
+        },
         "train_seconds": seconds,
         "documents_per_second": len(train) * len(history.epoch) / seconds,
     }
@@ -129,7 +132,7 @@ def sample_texts(
     vocabulary = read_vocabulary(paths.prepared / "vocabulary.json")
     samplers = sample.all_samplers
     allow_unknown = sample.unknown_prompt == "generate"
-    generator = make_generator(keras.models.load_model(paths.model))
+    generator = make_generator(keras.models.load_model(paths.model), sample.draw_unknown)
 
     def generate() -> list:
         return generate_texts(
