@@ -25,9 +25,15 @@ def prefect_server():
     """One ephemeral Prefect server for these tests (it takes 12-25 s to start). Stopped after them:
     its threads draw from Python's global `random`, which seeds Keras's initializers, so a unit test
     that builds the same model twice would get different weights while it runs."""
+    import prefect.settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # No flow's logs go to the server: no test reads them there (tests/team does, from its workers),
+    # and on a loaded machine the harness's final drain of a backlog took 40 s.
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        prefect.settings.temporary_settings(updates={prefect.settings.PREFECT_LOGGING_TO_API_ENABLED: False}),
+    ):
         yield
 
 
