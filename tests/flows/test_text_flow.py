@@ -4,6 +4,7 @@ re-runs that skip what is up to date, and bad input that fails cleanly and loses
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -205,16 +206,24 @@ def test_unusable_corpus_gets_one_clear_error_and_a_failed_run(tmp_path, mlflow_
     assert [run.info.status for run in runs] == ["FAILED"]
 
 
-def test_missing_corpus_file_names_it_and_is_not_retried(tmp_path, mlflow_store):
-    """Final, like a failure without a network (tests/unit/test_data_and_tracking.py): not retried."""
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("file:///no/such/corpus.txt", "file:///no/such/corpus.txt: no such file"),
+        # what a machine without a network sees: the host name does not resolve (.invalid never does)
+        ("https://gendl-test.invalid/corpus.txt", "could not download https://gendl-test.invalid/corpus.txt"),
+    ],
+    ids=["missing-file", "no-network"],
+)
+def test_a_corpus_that_cannot_be_had_names_it_and_is_not_retried(tmp_path, mlflow_store, url, message):
     root = make_repo_copy(tmp_path / "repo")
     params = params_of(root)
-    missing = (tmp_path / "no-such-corpus.txt").as_uri()
-    params["text"]["data"]["url"] = missing
+    params["text"]["data"]["url"] = url
     write_params(root, params)
-    with pytest.raises(StageFailed, match=f"{missing}: no such file") as failure:
+    with pytest.raises(StageFailed, match=re.escape(message)) as failure:
         text_generation(root=root)
     assert not failure.value.retryable
+    assert url.startswith("file:") or "KERAS_HOME" in str(failure.value)
 
 
 def subprocess_lines(root: Path, *command: str) -> list[str]:
