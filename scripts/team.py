@@ -254,14 +254,15 @@ def _alive(pid: int, marker: str) -> bool:
     return marker in command_line.decode(errors="replace")
 
 
-def _group_members(group: int) -> list[int]:
-    members = []
+def _live_processes() -> list[tuple[int, int]]:
+    """(pid, process group) of every process that is not a zombie."""
+    processes = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             state = _process_state(int(entry.name))
-            if state is not None and state[1] == group and state[0] not in ("Z", "X"):
-                members.append(int(entry.name))
-    return members
+            if state is not None and state[0] not in ("Z", "X"):
+                processes.append((int(entry.name), state[1]))
+    return processes
 
 
 def _read_pid(pid_file: Path) -> int | None:
@@ -289,16 +290,19 @@ def _spawn(command: list[str], env: dict[str, str], cwd: Path, log: Path, pid_fi
     return process
 
 
-def _stop_group(leader: int, timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM a service's process group, then SIGKILL what is left after timeout seconds."""
+def _stop_groups(leaders: list[int], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM services' process groups all at once, then SIGKILL what is left after timeout seconds."""
     for signal_number, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        if not _group_members(leader):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(leader, signal_number)
         deadline = time.monotonic() + wait
-        while _group_members(leader) and time.monotonic() < deadline:
+        living = {group for _, group in _live_processes()} & set(leaders)
+        for leader in living:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(leader, signal_number)
+        while living and time.monotonic() < deadline:
             time.sleep(0.2)
+            living &= {group for _, group in _live_processes()}
+        if not living:
+            return
 
 
 def _last_error(log: Path) -> str:
@@ -380,7 +384,7 @@ def _wait_until_ready(
                 f"{name} exited (code {code}) before answering {what}; see {log}{_last_error(log)}"
             )
         if time.monotonic() - started > timeout:
-            _stop_group(process.pid)
+            _stop_groups([process.pid])
             process.wait()
             raise TeamError(f"{name} did not answer {what} within {timeout:.0f} s (stopped it); see {log}")
         time.sleep(0.5)
@@ -727,7 +731,9 @@ def ensure_zombie_automation(settings: Settings) -> str:
         return "exists"
     status, answer = _http(f"{api}/automations/", body=zombie_automation(), auth=auth)
     if status not in (200, 201):
-        raise TeamError(f"could not create the Prefect automation {ZOMBIE_AUTOMATION!r}: HTTP {status} {answer}")
+        raise TeamError(
+            f"could not create the Prefect automation {ZOMBIE_AUTOMATION!r}: HTTP {status} {answer}"
+        )
     return "created"
 
 
@@ -783,7 +789,7 @@ def reconcile_workers(layout: Layout, settings: Settings) -> str:
         if index > settings.workers:
             pid = _service_pid(layout, f"worker-{index}")
             if pid is not None:
-                _stop_group(pid)
+                _stop_groups([pid])
                 stopped.append(str(index))
             layout.pid_file(f"worker-{index}").unlink(missing_ok=True)
     env = worker_env(layout, settings)
@@ -890,7 +896,14 @@ def command_start(layout: Layout, requested: dict[str, str | int]) -> int:
             print(f"the team stack in {layout.root} is already running")
             return command_status(layout)
         postgres_bindir(layout)  # fail before making anything when PostgreSQL is missing
-        for folder in (layout.artifacts, layout.dvc_remote, layout.resume, layout.prefect_home, layout.logs, layout.run):
+        for folder in (
+            layout.artifacts,
+            layout.dvc_remote,
+            layout.resume,
+            layout.prefect_home,
+            layout.logs,
+            layout.run,
+        ):
             folder.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()
         password = ensure_password(layout)
@@ -912,14 +925,21 @@ def command_stop(layout: Layout) -> int:
         return 0
     with _locked(layout):
         stopped = []
-        for service in [f"worker-{index}" for index in _worker_indices(layout)] + ["prefect", "mlflow"]:
-            pid = _service_pid(layout, service)
-            if pid is not None:
-                _stop_group(pid)
-                stopped.append(service)
-            layout.pid_file(service).unlink(missing_ok=True)
+        # The workers first (they talk to Prefect), then the servers, then their database; each
+        # stage's services stop together.
+        for services in ([f"worker-{index}" for index in _worker_indices(layout)], ["prefect", "mlflow"]):
+            began = time.monotonic()
+            pids = {
+                service: pid for service in services if (pid := _service_pid(layout, service)) is not None
+            }
+            _stop_groups(list(pids.values()))
+            for service in services:
+                layout.pid_file(service).unlink(missing_ok=True)
+            if pids:
+                stopped.append(f"{', '.join(pids)} ({time.monotonic() - began:.1f} s)")
+        began = time.monotonic()
         if stop_postgres(layout):
-            stopped.append("postgres")
+            stopped.append(f"postgres ({time.monotonic() - began:.1f} s)")
     print(f"stopped {', '.join(stopped)}; data kept in {layout.root}" if stopped else "nothing was running")
     return 0
 
